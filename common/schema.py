@@ -1,0 +1,98 @@
+"""The contracts between stages: manifest columns, file names and the run-folder layout.
+
+Change a file name or column here and every stage follows; tests pin these.
+
+data/<dataset>/
+    train.csv, val.csv, test.csv   MANIFEST_COLUMNS; ``image`` is relative to the dataset folder
+    label_map.csv                  LABEL_MAP_COLUMNS (label = class index used by the models)
+    images/                        resized JPEG cache
+    prep_config.yaml, prep_report.json
+folds/<dataset>_k<K>_s<seed>.csv   FOLD_COLUMNS
+runs/<experiment>/<model>/fold<k>/ RUN_FILES (config, metrics, curves, checkpoints, predictions)
+submissions/<name>.csv             SUBMISSION_COLUMNS (Kaggle landmark format)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from common.errors import DataError
+
+MANIFEST_COLUMNS = ["id", "image", "label", "landmark_id"]
+LABEL_MAP_COLUMNS = ["label", "landmark_id", "name", "count"]
+FOLD_COLUMNS = ["id", "fold"]
+SUBMISSION_COLUMNS = ["id", "landmarks"]
+SPLITS = ("train", "val", "test")
+UNKNOWN_LABEL = -1  # a test row whose label is not known (a real Kaggle test set)
+
+LABEL_MAP = "label_map.csv"
+PREP_CONFIG = "prep_config.yaml"
+PREP_REPORT = "prep_report.json"
+
+# run folder: runs/<experiment>/<model>/fold<k>/
+RUN_CONFIG = "config.yaml"
+RUN_METRICS = "metrics.csv"
+RUN_CURVES = "curves.png"
+RUN_LAST = "last.pt"
+RUN_BEST = "best.pt"
+RUN_OOF = "oof.npz"  # arrays: ids (str), probs (N, C float32), labels (N int)
+RUN_TEST = "test.npz"  # arrays: ids, probs, labels (UNKNOWN_LABEL when not known)
+RUN_SUMMARY = "summary.json"
+RUN_DONE = "DONE"  # marker written last: the fold finished and its predictions are complete
+
+
+def manifest_path(data_dir: str | Path, split: str) -> Path:
+    return Path(data_dir) / f"{split}.csv"
+
+
+def fold_file(folds_dir: str | Path, dataset: str, k: int, seed: int) -> Path:
+    return Path(folds_dir) / f"{dataset}_k{k}_s{seed}.csv"
+
+
+def run_dir(runs_root: str | Path, experiment: str, model: str, fold: int) -> Path:
+    tag = "holdout" if fold < 0 else f"fold{fold}"
+    return Path(runs_root) / experiment / model / tag
+
+
+def _read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path} (run the previous stage first, e.g. 'make prep')")
+    try:
+        df = pd.read_csv(path, dtype={"id": str, "image": str, "name": str})
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; expected {columns}")
+    return df
+
+
+def read_manifest(data_dir: str | Path, split: str) -> pd.DataFrame:
+    """Read and check a split manifest (columns, non-empty, integer labels, unique ids)."""
+    path = manifest_path(data_dir, split)
+    df = _read_csv(path, MANIFEST_COLUMNS, f"{split} manifest")
+    if df.empty:
+        raise DataError(f"{path}: manifest has no rows")
+    if df["id"].duplicated().any():
+        dup = df.loc[df["id"].duplicated(), "id"].iloc[0]
+        raise DataError(f"{path}: duplicate id '{dup}'")
+    for col in ("label", "landmark_id"):
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise DataError(f"{path}: column '{col}' must hold integers")
+    return df
+
+
+def read_label_map(data_dir: str | Path) -> pd.DataFrame:
+    path = Path(data_dir) / LABEL_MAP
+    df = _read_csv(path, LABEL_MAP_COLUMNS, "label map")
+    if df.empty:
+        raise DataError(f"{path}: the class list is empty")
+    if list(df["label"]) != list(range(len(df))):
+        raise DataError(f"{path}: labels must be 0..{len(df) - 1} in order")
+    return df
+
+
+def read_folds(path: str | Path) -> pd.DataFrame:
+    return _read_csv(Path(path), FOLD_COLUMNS, "fold file")

@@ -1,0 +1,125 @@
+"""One registry for every backbone, standard or new (after timm's ``_registry``).
+
+A model family registers builder functions with :func:`register_model`; everyone else calls
+:func:`create_model` by name. Builders take ``num_classes`` and ``small_input`` keywords (plus
+their own options) and return an ``nn.Module`` whose classifier has ``num_classes`` outputs and
+which exposes ``num_features`` (the pooled feature width).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from common.errors import PipelineError, close_matches
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    builder: Callable[..., nn.Module]
+    family: str
+    min_size: int = 32  # smallest input side the architecture accepts (default stem)
+    min_size_small: int | None = None  # the same with small_input=True; None = no small-input variant
+    paper: str = ""
+    pretrained: bool = False  # weights available through timm/torchvision
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    family: str = "",
+    min_size: int = 32,
+    min_size_small: int | None = None,
+    paper: str = "",
+    pretrained: bool = False,
+    tags: tuple[str, ...] = (),
+) -> Callable:
+    """Decorator registering a builder under ``name`` (default: the function name).
+
+    A duplicate name is an error: two families must never silently shadow each other.
+    """
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"model '{key}' is registered twice ({_REGISTRY[key].builder.__module__} and {fn.__module__})")
+        _REGISTRY[key] = ModelInfo(
+            key, fn, family or fn.__module__.rsplit(".", 1)[-1], min_size, min_size_small, paper, pretrained, tags
+        )
+        return fn
+
+    return deco
+
+
+def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
+    """Registered names matching a glob ``pattern`` (and optionally a family), sorted."""
+    return sorted(
+        n for n, info in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (family is None or info.family == family)
+    )
+
+
+def model_info(name: str) -> ModelInfo:
+    if name not in _REGISTRY:
+        raise PipelineError(f"unknown model '{name}' ({close_matches(name, _REGISTRY)})")
+    return _REGISTRY[name]
+
+
+def min_input_size(name: str, small_input: bool = False) -> int:
+    info = model_info(name)
+    if small_input:
+        if info.min_size_small is None:
+            raise PipelineError(f"model '{name}' has no small-input (CIFAR stem) variant")
+        return info.min_size_small
+    return info.min_size
+
+
+def check_input_size(name: str, img_size: int, small_input: bool = False) -> None:
+    need = min_input_size(name, small_input)
+    if img_size < need:
+        raise PipelineError(f"model '{name}' needs inputs of at least {need}x{need}, got {img_size}")
+
+
+def _size_guard(min_size: int, name: str) -> Callable:
+    def hook(module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if x.dim() != 4:
+            raise ValueError(f"model '{name}' expects a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h < min_size or w < min_size:
+            raise ValueError(f"model '{name}' needs inputs of at least {min_size}x{min_size}, got {h}x{w}")
+
+    return hook
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    pretrained: bool = False,
+    small_input: bool = False,
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model by name.
+
+    Raises :class:`PipelineError` with close matches for an unknown name, and for
+    ``num_classes <= 0``. The returned module checks its input size on every forward and
+    carries ``model.model_name`` and ``model.min_size``.
+    """
+    info = model_info(name)
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise PipelineError(f"model '{name}': num_classes must be a positive integer, got {num_classes!r}")
+    if pretrained and not info.pretrained:
+        raise PipelineError(f"model '{name}' has no pretrained weights (it is trained from scratch here)")
+    min_size = min_input_size(name, small_input)
+    model = info.builder(num_classes=num_classes, pretrained=pretrained, small_input=small_input, **kwargs)
+    model.model_name = name
+    model.min_size = min_size
+    model.register_forward_pre_hook(_size_guard(model.min_size, name))
+    return model
