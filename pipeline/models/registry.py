@@ -50,7 +50,9 @@ def register_model(
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
-            raise ValueError(f"model '{key}' is registered twice ({_REGISTRY[key].builder.__module__} and {fn.__module__})")
+            raise ValueError(
+                f"model '{key}' is registered twice ({_REGISTRY[key].builder.__module__} and {fn.__module__})"
+            )
         _REGISTRY[key] = ModelInfo(
             key, fn, family or fn.__module__.rsplit(".", 1)[-1], min_size, min_size_small, paper, pretrained, tags
         )
