@@ -33,6 +33,7 @@ class TrainConfig:
     pretrained: bool = False
     freeze_backbone: bool = False  # train only the classifier (seed 003's fine-tuning run)
     model_kwargs: dict = field(default_factory=dict)
+    cache: str = "jpeg"  # where pixels come from: "jpeg" (resized JPEG cache) | "packed" (uint8 memmap)
     # augmentation (train only): random crop + flip always; jitter strength 0 = off
     hflip: float = 0.5
     color_jitter: float = 0.2

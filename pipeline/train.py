@@ -23,7 +23,7 @@ from common import schema
 from common.errors import ConfigError
 from common.io import atomic_write, write_csv, write_json, write_yaml
 from pipeline.config import TrainConfig
-from pipeline.data import ManifestDataset, build_eval_transform, build_train_transform, fold_rows, make_loader
+from pipeline.data import build_dataset, build_eval_transform, build_train_transform, fold_rows, make_loader
 from pipeline.engine import (
     HalveOnDrop,
     evaluate,
@@ -85,12 +85,17 @@ def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator |
     model = build_model(cfg, model_name, len(labels), channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    train_ds = ManifestDataset(data_dir, train_rows, build_train_transform(cfg.img_size, cfg.hflip, cfg.color_jitter))
+    train_tf = build_train_transform(cfg.img_size, cfg.hflip, cfg.color_jitter)
+    train_ds = build_dataset(data_dir, train_rows, train_tf, cfg.cache)
     eval_tf = build_eval_transform(cfg.img_size)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.num_workers, cfg.seed)
     generator = train_loader.generator
-    val_loader = make_loader(ManifestDataset(data_dir, val_rows, eval_tf), cfg.batch_size, False, cfg.num_workers)
-    test_loader = make_loader(ManifestDataset(data_dir, test_rows, eval_tf), cfg.batch_size, False, cfg.num_workers)
+    val_loader = make_loader(
+        build_dataset(data_dir, val_rows, eval_tf, cfg.cache), cfg.batch_size, False, cfg.num_workers
+    )
+    test_loader = make_loader(
+        build_dataset(data_dir, test_rows, eval_tf, cfg.cache), cfg.batch_size, False, cfg.num_workers
+    )
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader
     )
