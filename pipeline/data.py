@@ -81,6 +81,15 @@ class ManifestDataset(Dataset):
         return {"image": img, "target": self.targets[i], "id": i}
 
 
+def build_dataset(
+    data_dir: str | Path, rows: pd.DataFrame, transform: v2.Transform | None, cache: str = "jpeg"
+) -> Dataset:
+    """The dataset of ``rows`` read from the chosen cache (same items, same transforms)."""
+    if cache == "jpeg":
+        return ManifestDataset(data_dir, rows, transform)
+    raise DataError(f"unknown cache '{cache}' (valid: jpeg)")
+
+
 def normalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels_last: bool = False) -> torch.Tensor:
     """uint8 (N, 3, H, W) on any device -> normalised float, optionally channels_last."""
     m = torch.tensor(mean, device=images.device).view(1, 3, 1, 1) * 255
