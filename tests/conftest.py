@@ -21,3 +21,48 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real-data sample not found at {SHARED_DATA} (it sits beside the repo in this workplace)")
     return SHARED_DATA
+
+
+TINY_PREP = dict(
+    dataset="tiny",
+    source="synthetic",
+    synth_classes=10,
+    synth_max_per_class=48,
+    synth_min_per_class=6,
+    synth_tail=0.7,
+    synth_image_size=48,
+    top_k=6,
+    sample_ratio=0.75,
+    image_size=36,
+    val_frac=0.125,
+    test_frac=0.125,
+    seed=0,
+    workers=2,
+)
+
+
+def tiny_prep_config(data_root: Path, **over):
+    from data_prep.config import PrepConfig
+
+    return PrepConfig(data_root=str(data_root), **{**TINY_PREP, **over})
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict:
+    """A tiny generated landmark set, prepped and folded once per test session (~5 s)."""
+    from data_prep.config import FoldsConfig
+    from data_prep.folds import run_folds
+    from data_prep.prep import run_prep
+
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_prep_config(root / "data")
+    report = run_prep(cfg, progress=False)
+    folds = run_folds(FoldsConfig(dataset="tiny", data_root=str(root / "data"), folds_dir=str(root / "folds"), k=3))
+    return {
+        "root": root,
+        "data_root": root / "data",
+        "folds_dir": root / "folds",
+        "report": report,
+        "folds_file": folds,
+        "prep_cfg": cfg,
+    }

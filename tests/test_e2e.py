@@ -1,0 +1,151 @@
+"""End to end through the CLI faces: prep -> folds -> train -> ensemble, as `make all` runs them."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import TINY_PREP
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "LOGLEVEL": "WARNING"}
+
+
+def run(args, cwd, check=True):
+    p = subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def write_config(tmp: Path, prep: dict, train: dict, name: str = "exp.yaml") -> Path:
+    ds = prep["dataset"]
+    cfg = {
+        "prep": prep,
+        "folds": {"dataset": ds, "k": 3, "seed": 42},
+        "train": {
+            "dataset": ds,
+            "experiment": "smoke",
+            "k": 3,
+            "img_size": 32,
+            "batch_size": 16,
+            "progress": False,
+            **train,
+        },
+        "ensemble": {"dataset": ds, "experiment": "smoke", "name": "smoke"},
+    }
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def pipeline_all(tmp: Path, cfg: Path) -> pd.DataFrame:
+    run(["data_prep", "prep", "--config", str(cfg)], tmp)
+    run(["data_prep", "folds", "--config", str(cfg)], tmp)
+    out = run(["pipeline", "train", "--config", str(cfg)], tmp)
+    assert re.search(r"fold 0: top1 \d\.\d{4}", out.stdout)
+    out = run(["pipeline", "ensemble", "--config", str(cfg)], tmp)
+    assert "submissions/smoke.csv" in out.stdout
+    return pd.read_csv(tmp / "runs" / "smoke" / "leaderboard.csv")
+
+
+def test_smoke_tiny_default(tmp_path):
+    cfg = write_config(tmp_path, TINY_PREP, {"models": ["simple_cnn", "resnet18"], "folds": [0, 1], "epochs": 2})
+    board = pipeline_all(tmp_path, cfg)
+    assert set(board["model"]) == {"simple_cnn", "resnet18", "ensemble"}
+    assert len(board[board["fold"].isin(["0", "1"])]) == 4  # model x fold rows
+    sub = pd.read_csv(tmp_path / "submissions" / "smoke.csv", dtype=str)
+    test = pd.read_csv(tmp_path / "data" / "tiny" / "test.csv", dtype={"id": str})
+    assert list(sub["id"]) == list(test["id"])
+    lids = set(pd.read_csv(tmp_path / "data" / "tiny" / "label_map.csv")["landmark_id"].astype(str))
+    assert all(tok.split()[0] in lids for tok in sub["landmarks"])
+    for model in ("simple_cnn", "resnet18"):
+        assert (tmp_path / "runs" / "smoke" / model / "fold0" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.realdata
+def test_smoke_real_paris6k_through_the_gld_path(tmp_path, shared_data):
+    """The real photos, converted to the GLD v2 layout, through the whole pipeline."""
+    gld = tmp_path / "paris_gld"
+    out = run(["data_prep", "convert-folder", str(shared_data / "paris6k_sample"), str(gld)], tmp_path)
+    assert "250 images in 5 classes" in out.stdout
+    prep = {
+        "dataset": "paris",
+        "source": "gld_v2",
+        "source_root": str(gld),
+        "top_k": 5,
+        "sample_ratio": 1.0,
+        "image_size": 40,
+        "seed": 0,
+    }
+    cfg = write_config(tmp_path, prep, {"models": ["simple_cnn"], "folds": [0], "epochs": 2})
+    board = pipeline_all(tmp_path, cfg)
+    assert board.loc[board["fold"] == "0", "n"].iloc[0] > 50
+    lm = pd.read_csv(tmp_path / "data" / "paris" / "label_map.csv")
+    assert sorted(lm["name"]) == ["defense", "eiffel_tower", "invalides", "louvre", "moulinrouge"]
+    assert len(pd.read_csv(tmp_path / "submissions" / "smoke.csv")) == len(
+        pd.read_csv(tmp_path / "data/paris/test.csv")
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["pipeline", "train", "models=resnt18"], r"^error: unknown model 'resnt18' \(did you mean: resnet18"),
+        (
+            ["pipeline", "train", "epocs=3"],
+            r"^error: command line: unknown key 'epocs' for train \(did you mean: epochs",
+        ),
+        (["pipeline", "ensemble", "experiment=none"], r"^error: .*(not found|no runs)"),
+        (["data_prep", "folds", "dataset=absent"], r"^error: train manifest not found: data/absent/train.csv"),
+        (
+            ["data_prep", "prep", "source=imagefolder", "source_root=nowhere"],
+            r"^error: image folder not found: nowhere",
+        ),
+    ],
+)
+def test_bad_input_is_one_error_line(tmp_path, args, message):
+    p = run([args[0], args[1], *args[2:]], tmp_path, check=False)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), p.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun absent")
+def test_two_process_ddp_on_cpu(tmp_path, tiny_data):
+    """Two gloo ranks: same loop, predictions gathered without duplicates."""
+    cfg = write_config(
+        tmp_path,
+        {**TINY_PREP},
+        {
+            "models": ["simple_cnn"],
+            "folds": [0],
+            "epochs": 1,
+            "data_root": str(tiny_data["data_root"]),
+            "folds_dir": str(tiny_data["folds_dir"]),
+        },
+    )
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    p = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "pipeline", "train", "--config", str(cfg)],
+        cwd=tmp_path,
+        env={**ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "smoke" / "simple_cnn" / "fold0"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["processes"] == 2
+    import numpy as np
+
+    oof = np.load(run_dir / "oof.npz")
+    folds = pd.read_csv(tiny_data["folds_file"], dtype={"id": str})
+    assert sorted(oof["ids"]) == sorted(folds.loc[folds["fold"] == 0, "id"])  # each id once
