@@ -1,0 +1,111 @@
+"""Model-zoo CLI: ``python -m pipeline.models list [--img-size 224] [--pattern 'res*'] [--markdown]``.
+
+Prints every registered model with its parameter count and MACs at the given input size (see
+:mod:`pipeline.models.profile`). A model that cannot take the input (smaller than its minimum
+size, or no small-input variant) is listed with '-' and the reason instead of failing the listing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+
+from common.errors import PipelineError
+from pipeline.models import create_model, list_models, min_input_size, model_info
+from pipeline.models.profile import measure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    family: str
+    params: int | None
+    macs: int | None
+    note: str = ""
+
+
+def profile_model(name: str, img_size: int, num_classes: int = 1000, small_input: bool = False) -> Row:
+    """Parameters and MACs of one model at ``img_size``, or a row with the reason it cannot run."""
+    info = model_info(name)
+    if small_input and info.min_size_small is None:
+        return Row(name, info.family, None, None, "no small-input variant")
+    need = min_input_size(name, small_input)
+    if img_size < need:
+        return Row(name, info.family, None, None, f"needs >= {need} px")
+
+    def build():
+        return create_model(name, num_classes=num_classes, small_input=small_input)
+
+    return Row(name, info.family, *measure(build, img_size))
+
+
+def _fmt_params(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _fmt_macs(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.3f}"
+
+
+def format_rows(rows: list[Row], img_size: int, small_input: bool, markdown: bool = False) -> str:
+    """A plain-text or Markdown table of ``rows``."""
+    stem = ", small-input stem" if small_input else ""
+    head = ["model", "family", "params", f"GMACs @{img_size}{stem}", "note"]
+    body = [[r.name, r.family, _fmt_params(r.params), _fmt_macs(r.macs), r.note] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---", "---:", "---:", "---"]) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    align = ["<", "<", ">", ">", "<"]
+    fmt = "  ".join(f"{{:{a}{w}}}" for a, w in zip(align, widths))
+    return "\n".join(fmt.format(*cells).rstrip() for cells in [head, *body])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.models", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list registered models with parameters and MACs")
+    ls.add_argument("--img-size", type=int, default=224, help="input side in pixels (default 224)")
+    ls.add_argument("--pattern", default="*", help="glob(s) on model names, comma-separated (default '*')")
+    ls.add_argument("--small-input", action="store_true", help="use the small-input (CIFAR) stem")
+    ls.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    ls.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.img_size <= 0:
+            raise PipelineError(f"--img-size must be positive, got {args.img_size}")
+        names = sorted({n for pattern in args.pattern.split(",") for n in list_models(pattern.strip())})
+        if not names:
+            raise PipelineError(f"no model matches pattern '{args.pattern}'")
+        if args.num_classes <= 0:
+            raise PipelineError(f"--num-classes must be positive, got {args.num_classes}")
+        rows = [_safe_profile(n, args) for n in names]
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_rows(rows, args.img_size, args.small_input, args.markdown))
+    return 1 if any(r.note.startswith("failed") for r in rows) else 0
+
+
+def _safe_profile(name: str, args: argparse.Namespace) -> Row:
+    """One broken model is reported in its row (and the exit code), not by aborting the listing."""
+    try:
+        return profile_model(name, args.img_size, args.num_classes, args.small_input)
+    except PipelineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - shown in the table, exit code 1
+        log.exception("profiling '%s' failed", name)
+        return Row(name, model_info(name).family, None, None, f"failed: {type(e).__name__}: {str(e)[:80]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
