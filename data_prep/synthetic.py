@@ -18,20 +18,24 @@ Output: ``<root>/train.csv`` (``id,url,landmark_id``) and ``<root>/train/<a>/<b>
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from common.io import atomic_write, write_csv
+from common.io import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
+GENERATOR_VERSION = 1  # bump when rendering changes: old generated sets are then regenerated
+SPEC_FILE = "synthetic_spec.json"
 PRIMITIVES = ("tower", "dome", "spire", "arch", "deck", "block", "pyramid", "ring")
 
 
@@ -239,6 +243,9 @@ def _render_job(args: tuple) -> int:
 def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.DataFrame:
     """Write the data set under ``root`` (skipping images already there); return train.csv rows."""
     root = Path(root)
+    if (root / SPEC_FILE).is_file() and not is_complete(root, spec):
+        log.info("%s was generated from another spec or generator version: regenerating", root)
+        clear(root)
     sizes = class_sizes(spec)
     rng = np.random.default_rng([spec.seed, 3])
     order = rng.permutation(spec.num_classes)  # big classes are not the first ids
@@ -257,6 +264,7 @@ def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.D
     df = pd.DataFrame(rows, columns=["id", "url", "landmark_id"])
     df = df.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)  # GLD's csv is not grouped
     write_csv(root / "train.csv", df)
+    write_json(root / SPEC_FILE, _spec_record(spec))  # written last: marks a complete set
     log.info(
         "synthetic data set: %d images in %d classes at %s (%d newly rendered)",
         len(df),
@@ -267,15 +275,30 @@ def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.D
     return df
 
 
+def _spec_record(spec: SynthSpec) -> dict:
+    return {**asdict(spec), "generator_version": GENERATOR_VERSION}
+
+
 def is_complete(root: str | os.PathLike, spec: SynthSpec) -> bool:
-    """True when train.csv exists with the expected number of rows (images are checked by prep)."""
-    csv = Path(root) / "train.csv"
-    if not csv.is_file():
+    """True when ``root`` holds a finished set made by this generator version from ``spec``.
+
+    A set from another spec or generator version is regenerated (its images are rewritten).
+    """
+    marker = Path(root) / SPEC_FILE
+    if not marker.is_file() or not (Path(root) / "train.csv").is_file():
         return False
     try:
-        return len(pd.read_csv(csv, usecols=["id"])) == sum(class_sizes(spec))
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return json.loads(marker.read_text()) == _spec_record(spec)
+    except (OSError, json.JSONDecodeError):
         return False
 
 
-__all__ = ["SynthSpec", "class_sizes", "generate", "image_path", "is_complete", "render_photo"]
+def clear(root: str | os.PathLike) -> None:
+    """Remove a stale generated set (only the files this module writes)."""
+    root = Path(root)
+    for name in (SPEC_FILE, "train.csv"):
+        (root / name).unlink(missing_ok=True)
+    shutil.rmtree(root / "train", ignore_errors=True)
+
+
+__all__ = ["SynthSpec", "class_sizes", "clear", "generate", "image_path", "is_complete", "render_photo"]

@@ -112,3 +112,17 @@ def test_missing_inputs_are_clear_errors(tmp_path, bad):
         (tmp_path / schema.LABEL_MAP).write_text(",".join(schema.LABEL_MAP_COLUMNS) + "\n")
         with pytest.raises(DataError, match="class list is empty"):
             schema.read_label_map(tmp_path)
+
+
+def test_generated_set_is_regenerated_when_the_spec_changes(tmp_path):
+    spec = synthetic.SynthSpec(num_classes=3, max_per_class=4, min_per_class=2, image_size=24)
+    synthetic.generate(tmp_path, spec, workers=1)
+    assert synthetic.is_complete(tmp_path, spec)
+    other = synthetic.SynthSpec(num_classes=3, max_per_class=4, min_per_class=2, image_size=32)
+    assert not synthetic.is_complete(tmp_path, other)
+    df = synthetic.generate(tmp_path, other, workers=1)
+    from PIL import Image
+
+    first = synthetic.image_path(tmp_path, df["id"].iloc[0])
+    assert Image.open(first).size[1] <= 32 and Image.open(first).size[1] > 24  # re-rendered at the new size
+    assert synthetic.is_complete(tmp_path, other)
