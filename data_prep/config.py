@@ -26,7 +26,9 @@ class PrepConfig:
     image_size: int = 256  # cached image side (seed 001: 256, then random crop 224)
     resize_mode: str = "square"  # "square" (stretch to size x size) | "shorter" (shorter side, centre crop)
     jpeg_quality: int = 92
-    workers: int = 2
+    image_format: str = "auto"  # file cache: "jpeg" | "png" (lossless) | "auto" (png for CIFAR, else jpeg)
+    packed: bool = False  # also write packed_<size>.u8 (+ .json index): uint8 memmap for fast training input
+    workers: int = 2  # threads decoding/resizing (PIL releases the GIL)
     # synthetic default only
     synth_classes: int = 40
     synth_max_per_class: int = 300
@@ -47,8 +49,24 @@ class PrepConfig:
             raise ConfigError(f"prep: resize_mode must be 'square' or 'shorter', got '{self.resize_mode}'")
         if self.label_source not in ("train", "clean"):
             raise ConfigError(f"prep: label_source must be 'train' or 'clean', got '{self.label_source}'")
+        if self.image_format not in ("auto", "jpeg", "png"):
+            raise ConfigError(f"prep: image_format must be 'auto', 'jpeg' or 'png', got '{self.image_format}'")
+        if self.min_per_class < 0 or (self.max_per_class is not None and self.max_per_class < 1):
+            raise ConfigError("prep: min_per_class must be >= 0 and max_per_class >= 1 (or none)")
+        if self.max_per_class is not None and self.max_per_class < self.min_per_class:
+            raise ConfigError(
+                f"prep: max_per_class ({self.max_per_class}) is below min_per_class ({self.min_per_class})"
+            )
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"prep: jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.image_size < 8:
             raise ConfigError(f"prep: image_size must be >= 8, got {self.image_size}")
+
+    def cache_format(self) -> str:
+        """The file cache format: lossless PNG for CIFAR (JPEG at 32 px is lossy), JPEG for photos."""
+        if self.image_format != "auto":
+            return self.image_format
+        return "png" if self.source in ("cifar10", "cifar100") else "jpeg"
 
 
 @dataclass

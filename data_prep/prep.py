@@ -7,6 +7,7 @@ are kept and the manifests, written last and atomically, are never half-written.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,10 +22,15 @@ from common.errors import DataError
 from common.io import cleanup_temp_files, write_csv, write_json, write_yaml
 from data_prep import select
 from data_prep.config import PrepConfig
-from data_prep.images import build_cache, draft_open
+from data_prep.images import build_cache, draft_open, prepare_cache_dir
 from data_prep.sources import SourceTable
 
 log = logging.getLogger(__name__)
+
+FILE_SOURCES = ("synthetic", "gld_v2", "gld_v1", "imagefolder")
+SKIPPED_READING = "skipped_reading.csv"  # rows dropped by the reader (missing image, duplicate id, ...)
+SKIPPED_IMAGES = "skipped_images.csv"  # selected rows whose image could not be decoded
+HISTOGRAM = "class_histogram.png"
 
 
 def source_root(cfg: PrepConfig) -> Path:
@@ -80,7 +86,7 @@ def read_source(cfg: PrepConfig) -> SourceTable:
 
 def _fingerprint(cfg: PrepConfig, table: SourceTable) -> str:
     d = asdict(cfg)
-    d.pop("workers")
+    d.pop("workers")  # speed only: the outputs do not depend on it
     h = hashlib.sha1(json.dumps(d, sort_keys=True).encode())
     h.update(pd.util.hash_pandas_object(table.rows[["id", "landmark_id"]], index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
@@ -96,8 +102,20 @@ def is_up_to_date(out: Path, fingerprint: str) -> bool:
         return False
 
 
+def _opener(cfg: PrepConfig, table: SourceTable):
+    """File sources open through JPEG draft mode; in-memory sources (CIFAR) through the table."""
+    if cfg.source in FILE_SOURCES:
+        return functools.partial(draft_open, size=cfg.image_size)
+    return table.open_image
+
+
 def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
-    """Run the stage; returns the prep report (also written to ``prep_report.json``)."""
+    """Run the stage; returns the prep report (also written to ``prep_report.json``).
+
+    The counts reconcile exactly: ``rows_in = rows_read + sum(skipped_reading)``,
+    ``rows_after_sampling = rows_kept + sum(skipped_images)``, ``sum(splits) = rows_kept``.
+    Dropped rows are listed in ``skipped_reading.csv`` and ``skipped_images.csv``.
+    """
     t0 = time.time()
     out = Path(cfg.data_root) / cfg.dataset
     table = read_source(cfg)
@@ -105,49 +123,59 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
     if is_up_to_date(out, fp):
         log.info("%s is up to date (fingerprint %s): nothing to do", out, fp)
         return json.loads((out / schema.PREP_REPORT).read_text())
-    cleanup_temp_files(out) if out.is_dir() else None
+    if out.is_dir():
+        cleanup_temp_files(out)
+    out.mkdir(parents=True, exist_ok=True)
     rows = table.rows
     report: dict = {
         "source": table.description,
         "rows_in": len(rows) + sum(table.skipped.values()),
-        "skipped_reading": dict(table.skipped),
+        "skipped_reading": dict(sorted(table.skipped.items())),
         "rows_read": len(rows),
         "classes_in": int(rows["landmark_id"].nunique()),
     }
+    _write_list(out / SKIPPED_READING, getattr(table, "skipped_rows", None))
+    if rows.empty:
+        raise DataError(f"prep: {table.description} has no usable rows (see {out / SKIPPED_READING})")
     rows = select.top_k_classes(rows, cfg.top_k)
     report["rows_after_top_k"] = len(rows)
     rows = select.subsample(rows, cfg.sample_ratio, cfg.seed, cfg.min_per_class, cfg.max_per_class)
     report["rows_after_sampling"] = len(rows)
 
-    opener = table.open_image
-    if cfg.source in ("synthetic", "gld_v2", "gld_v1", "imagefolder"):
-
-        def opener(src: str, _size: int = cfg.image_size):  # noqa: E306 - JPEG draft decoding for files
-            return draft_open(src, _size)
-
+    fmt = cfg.cache_format()
+    cache_meta = {
+        "size": cfg.image_size,
+        "mode": cfg.resize_mode,
+        "format": fmt,
+        "quality": cfg.jpeg_quality if fmt == "jpeg" else None,
+    }
+    prepare_cache_dir(out, cache_meta)
+    stats: dict = {}
     done, failed = build_cache(
         zip(rows["id"], rows["src"]),
         out,
-        opener,
+        _opener(cfg, table),
         cfg.image_size,
         cfg.resize_mode,
         cfg.jpeg_quality,
         cfg.workers,
         progress,
+        fmt=fmt,
+        stats=stats,
     )
+    src_of = dict(zip(rows["id"], rows["src"]))
+    fail_df = pd.DataFrame(
+        [(i, src_of[i], r, stats["details"].get(i, "")) for i, r in sorted(failed.items())],
+        columns=["id", "src", "reason", "detail"],
+    )
+    _write_list(out / SKIPPED_IMAGES, fail_df)
     if failed:
-        fail_df = pd.DataFrame(
-            [(i, rows.set_index("id").at[i, "src"], r) for i, r in sorted(failed.items())],
-            columns=["id", "src", "reason"],
-        )
-        write_csv(out / "skipped_images.csv", fail_df)
-        log.warning(
-            "%d images could not be read and were skipped (listed in %s)", len(failed), out / "skipped_images.csv"
-        )
-    report["skipped_images"] = pd.Series(failed, dtype=object).value_counts().to_dict()
+        log.warning("%d images could not be read and were skipped (listed in %s)", len(failed), out / SKIPPED_IMAGES)
+    report["skipped_images"] = dict(sorted(pd.Series(failed, dtype=object).value_counts().items()))
+    report["cache"] = {**cache_meta, "folder": "images", "encoded": stats["encoded"], "reused": stats["reused"]}
     rows = rows[rows["id"].isin(done)].copy()
     if rows.empty:
-        raise DataError(f"prep: no readable images left for {cfg.dataset} (see {out / 'skipped_images.csv'})")
+        raise DataError(f"prep: no readable images left for {cfg.dataset} (see {out / SKIPPED_IMAGES})")
     rows["image"] = rows["id"].map(done)
     rows["split"] = select.stratified_split(rows, cfg.val_frac, cfg.test_frac, cfg.seed)
     lm = select.label_map(rows)
@@ -157,19 +185,28 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
     for split in schema.SPLITS:
         write_csv(schema.manifest_path(out, split), rows.loc[rows["split"] == split, schema.MANIFEST_COLUMNS])
     write_yaml(out / schema.PREP_CONFIG, asdict(cfg))
+    if cfg.packed:
+        from data_prep.packed import build_packed
+
+        ordered = pd.concat([rows[rows["split"] == s] for s in schema.SPLITS])  # manifest order
+        report["packed"] = build_packed(out, ordered["id"], ordered["image"], cfg.image_size, cfg.workers, progress)
+    counts = lm["count"]
     report.update(
         rows_kept=len(rows),
         classes_kept=len(lm),
         splits={s: int((rows["split"] == s).sum()) for s in schema.SPLITS},
         images_per_class={
-            "min": int(lm["count"].min()),
-            "median": float(lm["count"].median()),
-            "max": int(lm["count"].max()),
+            "min": int(counts.min()),
+            "median": float(counts.median()),
+            "max": int(counts.max()),
+            "mean": round(float(counts.mean()), 2),
         },
+        histogram=HISTOGRAM,
         fingerprint=fp,
         seconds=round(time.time() - t0, 1),
     )
-    _plot_histogram(lm, out / "class_histogram.png", cfg.dataset)
+    _check_counts(report)
+    _plot_histogram(lm, out / HISTOGRAM, cfg.dataset)
     write_json(out / schema.PREP_REPORT, report)  # written last: its fingerprint marks a complete prep
     log.info(
         "prep %s: %d images in %d classes -> train/val/test %s (%.1fs)",
@@ -180,6 +217,24 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
         report["seconds"],
     )
     return report
+
+
+def _write_list(path: Path, df: pd.DataFrame | None) -> None:
+    """Write a skip list (also when empty, so a rerun never shows a stale list)."""
+    if df is None:
+        df = pd.DataFrame(columns=["id", "src", "reason"])
+    write_csv(path, df)
+
+
+def _check_counts(r: dict) -> None:
+    """The report's counts must add up; a mismatch is a bug in this stage, not a data error."""
+    ok = (
+        r["rows_in"] == r["rows_read"] + sum(r["skipped_reading"].values())
+        and r["rows_after_sampling"] == r["rows_kept"] + sum(r["skipped_images"].values())
+        and sum(r["splits"].values()) == r["rows_kept"]
+    )
+    if not ok:
+        raise AssertionError(f"prep report counts do not reconcile: {r}")
 
 
 def _plot_histogram(lm: pd.DataFrame, path: Path, title: str) -> None:
