@@ -19,8 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
+from common.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +110,9 @@ def build_packed(
         if read_index(data_dir, size).get("key") == key:
             return {"file": data_path.name, "rows": len(ids), "bytes": data_path.stat().st_size, "rebuilt": False}
     shape = (len(ids), size, size, 3)
-    fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_dir)
-    try:
-        os.ftruncate(fd, int(np.prod(shape)))
-        os.close(fd)
+    with atomic_path(data_path) as tmp:
+        with open(tmp, "wb") as f:
+            f.truncate(int(np.prod(shape)))
         arr = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape) if ids else None
 
         def put(start: int) -> int:
@@ -134,13 +132,6 @@ def build_packed(
         if arr is not None:
             arr.flush()
             del arr
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, data_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     from common.io import write_json
 
     write_json(index_path, {"shape": list(shape), "dtype": "uint8", "layout": "NHWC RGB", "ids": ids, "key": key})

@@ -66,7 +66,10 @@ def read_source(cfg: PrepConfig) -> SourceTable:
             synthetic.generate(root, spec, workers=cfg.workers)
         from data_prep.readers import read_gld_v2
 
-        return read_gld_v2(root)
+        table = read_gld_v2(root)
+        # the version makes the fingerprint and the image cache follow generator changes
+        table.description = f"synthetic landmarks v{synthetic.GENERATOR_VERSION} at {root}"
+        return table
     if cfg.source == "gld_v2":
         from data_prep.readers import read_gld_v2
 
@@ -87,6 +90,7 @@ def read_source(cfg: PrepConfig) -> SourceTable:
 def _fingerprint(cfg: PrepConfig, table: SourceTable) -> str:
     d = asdict(cfg)
     d.pop("workers")  # speed only: the outputs do not depend on it
+    d["source_description"] = table.description
     h = hashlib.sha1(json.dumps(d, sort_keys=True).encode())
     h.update(pd.util.hash_pandas_object(table.rows[["id", "landmark_id"]], index=False).to_numpy().tobytes())
     return h.hexdigest()[:16]
@@ -144,6 +148,7 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
 
     fmt = cfg.cache_format()
     cache_meta = {
+        "source": table.description,
         "size": cfg.image_size,
         "mode": cfg.resize_mode,
         "format": fmt,

@@ -33,6 +33,8 @@ class TrainConfig:
     pretrained: bool = False
     freeze_backbone: bool = False  # train only the classifier (seed 003's fine-tuning run)
     model_kwargs: dict = field(default_factory=dict)
+    # per-model recipe changes, e.g. {simple_cnn: {lr: 0.002, epochs: 25}}; any key of this config
+    model_overrides: dict = field(default_factory=dict)
     cache: str = "jpeg"  # where pixels come from: "jpeg" (resized JPEG cache) | "packed" (uint8 memmap)
     # augmentation (train only): random crop + flip always; jitter strength 0 = off
     hflip: float = 0.5
@@ -55,6 +57,12 @@ class TrainConfig:
         bad = [f for f in self.folds if not -1 <= f < self.k]
         if bad:
             raise ConfigError(f"train: fold(s) {bad} outside 0..{self.k - 1} (or -1 for holdout)")
+        for name, over in self.model_overrides.items():
+            if not isinstance(over, dict):
+                raise ConfigError(f"train: model_overrides.{name} must be a mapping of keys to values")
+            fixed = sorted({"models", "model_overrides", "mixed_precision", "cpu"} & set(over))
+            if fixed:  # one Accelerator (device, precision) serves every model of a run
+                raise ConfigError(f"train: model_overrides.{name} cannot set {fixed}: they hold for the whole run")
         if self.lr_rule not in ("halve_on_drop", "none"):
             raise ConfigError(f"train: lr_rule must be 'halve_on_drop' or 'none', got '{self.lr_rule}'")
         self.channels_last = str(self.channels_last).lower()
@@ -62,6 +70,19 @@ class TrainConfig:
             raise ConfigError(f"train: channels_last must be auto|true|false, got '{self.channels_last}'")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ConfigError(f"train: mixed_precision must be auto|no|bf16|fp16, got '{self.mixed_precision}'")
+
+
+    def for_model(self, name: str) -> TrainConfig:
+        """This config with ``model_overrides[name]`` applied (typed and validated like the rest)."""
+        from dataclasses import asdict
+
+        from common.config import build_config
+
+        over = self.model_overrides.get(name)
+        if not over:
+            return self
+        values = {k: v for k, v in asdict(self).items() if k != "model_overrides"}
+        return build_config(TrainConfig, {**values, **over}, f"train: model_overrides.{name}")
 
 
 @dataclass

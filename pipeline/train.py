@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from common import schema
-from common.errors import ConfigError
+from common.errors import ConfigError, PipelineError
 from common.io import atomic_write, write_csv, write_json, write_yaml
 from pipeline.config import TrainConfig
 from pipeline.data import build_dataset, build_eval_transform, build_train_transform, fold_rows, make_loader
@@ -65,13 +66,56 @@ def _save_predictions(path: Path, rows: pd.DataFrame, out: dict) -> None:
         )
 
 
+# keys that do not change what a run computes (or may change between resumes)
+_NOT_RECIPE = {
+    "progress",
+    "resume",
+    "num_workers",
+    "models",
+    "folds",
+    "model_overrides",
+    "epochs",
+    "data_root",
+    "folds_dir",
+    "runs_root",
+}
+
+
+def check_same_recipe(out: Path, cfg: TrainConfig) -> dict | None:
+    """The config a run folder was made with; a :class:`PipelineError` if the recipe differs.
+
+    Continuing a finished or interrupted fold is only exact with the same recipe; a changed one
+    would silently mix results, so it must go to a new ``experiment`` (or the folder be deleted).
+    """
+    path = out / schema.RUN_CONFIG
+    if not path.is_file():
+        return None
+    saved = yaml.safe_load(path.read_text()) or {}
+    new = asdict(cfg)
+    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in new.items() if k not in _NOT_RECIPE and saved.get(k) != v]
+    if diff:
+        raise PipelineError(
+            f"{out} was trained with another recipe ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); "
+            "use another experiment=NAME or delete that folder"
+        )
+    return saved
+
+
 def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator | None = None) -> dict:
-    """Train one model on one fold; returns the run summary (also in summary.json)."""
+    """Train one model on one fold; returns the run summary (also in summary.json).
+
+    A finished fold is skipped; with more ``epochs`` than it was trained for, it continues from
+    ``last.pt``. A fold trained with another recipe is an error (see :func:`check_same_recipe`).
+    """
     data_dir = Path(cfg.data_root) / cfg.dataset
     out = schema.run_dir(cfg.runs_root, cfg.experiment, model_name, fold)
+    saved = check_same_recipe(out, cfg) if cfg.resume else None
     if cfg.resume and (out / schema.RUN_DONE).is_file():
-        log.info("%s: already finished, skipped (delete the folder to retrain)", out)
-        return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
+        if saved and saved.get("epochs", cfg.epochs) >= cfg.epochs:
+            log.info("%s: already finished, skipped (delete the folder to retrain)", out)
+            return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
+        log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
+        (out / schema.RUN_DONE).unlink()
     accelerator = accelerator or Accelerator(
         mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu
     )
@@ -116,8 +160,8 @@ def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator |
                 "model": model_name,
                 "fold": fold,
                 "num_classes": len(labels),
-                "mixed_precision": accelerator.mixed_precision,
-                "channels_last": channels_last,
+                "resolved_mixed_precision": accelerator.mixed_precision,
+                "resolved_channels_last": channels_last,
                 "device": str(accelerator.device),
                 "processes": accelerator.num_processes,
             },
@@ -198,14 +242,18 @@ def run_train(cfg: TrainConfig) -> list[dict]:
     """Every (model, fold) of the config, one after the other, on one Accelerator."""
     from pipeline.models import model_info
 
-    for name in cfg.models:  # fail fast on a bad name, before hours of training
+    for name in cfg.models:  # fail fast on a bad name or setting, before hours of training
         model_info(name)
-        check_input_size(name, cfg.img_size, cfg.small_input)
+        m_cfg = cfg.for_model(name)
+        check_input_size(name, m_cfg.img_size, m_cfg.small_input)
+    unknown = sorted(set(cfg.model_overrides) - set(cfg.models))
+    if unknown:
+        log.warning("model_overrides for model(s) not in 'models' are unused: %s", unknown)
     if cfg.img_size < 8:
         raise ConfigError("train: img_size must be >= 8")
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu)
     results = []
     for name in cfg.models:
         for fold in cfg.folds:
-            results.append(fit(replace(cfg), name, fold, accelerator))
+            results.append(fit(cfg.for_model(name), name, fold, accelerator))
     return results

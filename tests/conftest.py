@@ -41,6 +41,34 @@ TINY_PREP = dict(
 )
 
 
+def gld_prep_config(tmp_path: Path, **over):
+    """A prep config over a GLD v2 tree at ``tmp_path/raw`` (tests build the tree), tiny images."""
+    from data_prep.config import PrepConfig
+
+    base = dict(
+        dataset="t",
+        source="gld_v2",
+        source_root=str(tmp_path / "raw"),
+        data_root=str(tmp_path / "data"),
+        top_k=10,
+        sample_ratio=1.0,
+        image_size=16,
+        workers=1,
+    )
+    return PrepConfig(**{**base, **over})
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny inputs on a shared 2-core machine: one intra-op thread is faster than two fighting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_prep_config(data_root: Path, **over):
     from data_prep.config import PrepConfig
 

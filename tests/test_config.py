@@ -61,3 +61,18 @@ def test_shipped_configs_resolve():
             (EnsembleConfig, "ensemble"),
         ):
             load_stage_config(cls, stage, path)
+
+
+def test_model_overrides_apply_per_model_and_are_validated(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  epochs: 3\n  model_overrides:\n    simple_cnn: {lr: '0.002', epochs: 9}\n")
+    cfg = load_stage_config(TrainConfig, "train", path)
+    assert cfg.for_model("simple_cnn").lr == 0.002 and cfg.for_model("simple_cnn").epochs == 9
+    assert cfg.for_model("resnet18").epochs == 3 and cfg.for_model("resnet18") is cfg
+    path.write_text("train:\n  model_overrides:\n    simple_cnn: {epoch: 9}\n")
+    cfg = load_stage_config(TrainConfig, "train", path)
+    with pytest.raises(ConfigError, match=r"model_overrides.simple_cnn: unknown key 'epoch'.*epochs"):
+        cfg.for_model("simple_cnn")
+    path.write_text("train:\n  model_overrides:\n    simple_cnn: 3\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_stage_config(TrainConfig, "train", path)

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from common import schema
-from data_prep.config import PrepConfig
 from data_prep.prep import SKIPPED_IMAGES, SKIPPED_READING, run_prep
 from data_prep.readers import gld_image_path, image_folder_to_gld, read_gld_v2, read_image_folder
+from tests.conftest import gld_prep_config
 
 
 def make_gld(root, sizes=(6, 4, 3), size=40, missing=(), extra_rows=()):
@@ -34,19 +34,7 @@ def make_gld(root, sizes=(6, 4, 3), size=40, missing=(), extra_rows=()):
 
 
 def cfg(tmp_path, **kw):
-    base = dict(
-        dataset="t",
-        source="gld_v2",
-        source_root=str(tmp_path / "raw"),
-        data_root=str(tmp_path / "data"),
-        top_k=10,
-        sample_ratio=1.0,
-        image_size=16,
-        workers=1,
-        val_frac=0.2,
-        test_frac=0.2,
-    )
-    return PrepConfig(**{**base, **kw})
+    return gld_prep_config(tmp_path, **{"dataset": "t", "val_frac": 0.2, "test_frac": 0.2, **kw})
 
 
 def assert_reconciles(r):

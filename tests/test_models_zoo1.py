@@ -25,13 +25,7 @@ NEW_MODELS = ["inception_res_pa", "inception_res_pa_small", "resneat50"]
 ZOO = [*STANDARD_MODELS, *NEW_MODELS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny inputs on a shared 2-core machine: one intra-op thread is faster than two fighting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def meta_model(name: str, num_classes: int = 1000, **kw) -> nn.Module:

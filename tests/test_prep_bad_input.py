@@ -19,9 +19,9 @@ from PIL import Image
 from common import schema
 from common.errors import DataError
 from data_prep import readers
-from data_prep.config import PrepConfig
 from data_prep.prep import SKIPPED_IMAGES, SKIPPED_READING, run_prep
 from data_prep.readers import gld_image_path, read_gld_csv, read_gld_v2, read_image_folder
+from tests.conftest import gld_prep_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,18 +40,8 @@ def make_gld(root: Path, n: int = 12, classes: int = 3, size: int = 32) -> pd.Da
     return df
 
 
-def cfg(tmp_path, **kw) -> PrepConfig:
-    base = dict(
-        dataset="b",
-        source="gld_v2",
-        source_root=str(tmp_path / "raw"),
-        data_root=str(tmp_path / "data"),
-        top_k=10,
-        sample_ratio=1.0,
-        image_size=16,
-        workers=1,
-    )
-    return PrepConfig(**{**base, **kw})
+def cfg(tmp_path, **kw):
+    return gld_prep_config(tmp_path, **{"dataset": "b", **kw})
 
 
 def write(path: Path, text: str) -> Path:

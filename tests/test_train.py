@@ -113,6 +113,16 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_changed_recipe_is_refused_and_more_epochs_continue(tiny_data, tmp_path):
+    cfg = tiny_train_config(tiny_data, tmp_path, epochs=1)
+    fit(cfg, "simple_cnn", 2)
+    with pytest.raises(PipelineError, match=r"another recipe \(lr: 0.002 -> 0.001\).*experiment="):
+        fit(dataclasses.replace(cfg, lr=1e-3), "simple_cnn", 2)
+    s = fit(dataclasses.replace(cfg, epochs=2, progress=True), "simple_cnn", 2)  # not a recipe key: continues
+    hist = pd.read_csv(schema.run_dir(tmp_path, "t", "simple_cnn", 2) / schema.RUN_METRICS)
+    assert list(hist["epoch"]) == [1, 2] and s["epochs"] == 2
+
+
 def test_holdout_fold_uses_val_manifest(tiny_data, tmp_path):
     cfg = tiny_train_config(tiny_data, tmp_path, epochs=1, folds=[-1])
     s = fit(cfg, "simple_cnn", -1)
