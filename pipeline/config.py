@@ -37,6 +37,7 @@ class TrainConfig:
     model_overrides: dict = field(default_factory=dict)
     cache: str = "jpeg"  # where pixels come from: "jpeg" (resized JPEG cache) | "packed" (uint8 memmap)
     # augmentation (train only): random crop + flip always; jitter strength 0 = off
+    crop_padding: int = 0  # zero border before the random crop (CIFAR: 4)
     hflip: float = 0.5
     color_jitter: float = 0.2
     # speed / hardware

@@ -60,12 +60,15 @@ class FastRandomCrop(torch.nn.Module):
     than ``size`` go through torchvision (padding).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, padding: int = 0) -> None:
         super().__init__()
         self.size = size
+        self.padding = padding  # zero border added first (CIFAR's pad-4-then-crop-32)
         self._padding = v2.RandomCrop(size, pad_if_needed=True)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if self.padding:
+            img = torch.nn.functional.pad(img, (self.padding,) * 4)
         h, w = img.shape[-2:]
         if h < self.size or w < self.size:
             return self._padding(img)
@@ -87,13 +90,17 @@ class FastHorizontalFlip(torch.nn.Module):
         return img.flip(-1)
 
 
-def build_train_transform(img_size: int, hflip: float = 0.5, color_jitter: float = 0.0) -> v2.Transform:
+def build_train_transform(
+    img_size: int, hflip: float = 0.5, color_jitter: float = 0.0, padding: int = 0
+) -> v2.Transform:
     """Seed 001: random crop of ``img_size`` from the cached image, random flip, colour jitter.
+
+    ``padding`` adds a zero border before the crop (CIFAR: 4, so a 32 px image still moves).
 
     Pixel-identical to ``v2.RandomCrop(pad_if_needed=True)`` + ``v2.RandomHorizontalFlip`` for
     the same torch seed, at a fraction of the per-image cost (BENCHMARKS.md).
     """
-    t = [FastRandomCrop(img_size), FastHorizontalFlip(hflip)]
+    t = [FastRandomCrop(img_size, padding), FastHorizontalFlip(hflip)]
     if color_jitter > 0:
         t.append(FastColorJitter(color_jitter))
     return v2.Compose(t)

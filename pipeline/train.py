@@ -129,7 +129,7 @@ def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator |
     model = build_model(cfg, model_name, len(labels), channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    train_tf = build_train_transform(cfg.img_size, cfg.hflip, cfg.color_jitter)
+    train_tf = build_train_transform(cfg.img_size, cfg.hflip, cfg.color_jitter, cfg.crop_padding)
     train_ds = build_dataset(data_dir, train_rows, train_tf, cfg.cache)
     eval_tf = build_eval_transform(cfg.img_size)
     train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.num_workers, cfg.seed)

@@ -138,3 +138,14 @@ def test_bad_inputs_fail_before_training(tiny_data, tmp_path):
     with pytest.raises(DataError, match="fold file not found"):
         fit(tiny_train_config(tiny_data, tmp_path, k=4), "simple_cnn", 0)
     assert not (tmp_path / "t" / "simple_cnn" / "fold0" / schema.RUN_LAST).exists()
+
+
+def test_crop_padding_shifts_small_images():
+    from pipeline.data import build_train_transform
+
+    img = torch.full((3, 8, 8), 200, dtype=torch.uint8)
+    torch.manual_seed(0)
+    outs = [build_train_transform(8, hflip=0.0, padding=2)(img) for _ in range(20)]
+    assert all(o.shape == (3, 8, 8) for o in outs)
+    assert any((o == 0).any() for o in outs)  # the zero border shows up in some crops
+    assert all(torch.equal(build_train_transform(8, hflip=0.0)(img), img) for _ in range(3))  # no padding: identity
