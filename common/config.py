@@ -156,6 +156,13 @@ def load_stage_config(cls: type[T], stage: str, path: str | Path | None, overrid
         if key not in fields:
             raise ConfigError(f"command line: unknown key '{key}' for {stage} ({close_matches(key, fields)})")
     values.update(over)
+    # the command line wins over everything, per-model overrides of the files included
+    per_model = values.get("model_overrides")
+    if over and isinstance(per_model, dict):
+        values["model_overrides"] = {
+            m: ({k: v for k, v in o.items() if k not in over} if isinstance(o, dict) else o)
+            for m, o in per_model.items()
+        }
     return build_config(cls, values, src)
 
 

@@ -164,16 +164,21 @@ def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = True
     return metrics, out
 
 
-def save_checkpoint(path, accelerator: Accelerator, model, optimizer, scheduler: HalveOnDrop, **extra) -> None:
-    """Atomic checkpoint (main process only): model, optimizer, LR rule and loop state."""
+def save_checkpoint(
+    path, accelerator: Accelerator, model, optimizer=None, scheduler: HalveOnDrop | None = None, **extra
+) -> None:
+    """Atomic checkpoint (main process only): model, and optimizer + LR rule when given (for resume).
+
+    ``last.pt`` carries the optimizer so a run resumes exactly; ``best.pt`` only needs the
+    weights (its optimizer state would double the disk use: Adam keeps two moments per weight).
+    """
     if not accelerator.is_main_process:
         return
-    state = {
-        "model": accelerator.unwrap_model(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        **extra,
-    }
+    state = {"model": accelerator.unwrap_model(model).state_dict(), **extra}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     with atomic_write(path, "wb") as f:
         torch.save(state, f)
 

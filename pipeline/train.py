@@ -194,7 +194,7 @@ def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator |
             best = {"epoch": epoch + 1, "val_top1": row["val_top1"]}
         extra = {"epoch": epoch + 1, "history": history, "best": best, "config": asdict(cfg)}
         if is_best:
-            save_checkpoint(out / schema.RUN_BEST, accelerator, model, optimizer, scheduler, **extra)
+            save_checkpoint(out / schema.RUN_BEST, accelerator, model, **extra)
         save_checkpoint(out / schema.RUN_LAST, accelerator, model, optimizer, scheduler, **extra)
         if accelerator.is_main_process:
             hist = pd.DataFrame(history)

@@ -69,6 +69,8 @@ def test_model_overrides_apply_per_model_and_are_validated(tmp_path):
     cfg = load_stage_config(TrainConfig, "train", path)
     assert cfg.for_model("simple_cnn").lr == 0.002 and cfg.for_model("simple_cnn").epochs == 9
     assert cfg.for_model("resnet18").epochs == 3 and cfg.for_model("resnet18") is cfg
+    cli = load_stage_config(TrainConfig, "train", path, ["epochs=2"])  # the command line wins
+    assert cli.for_model("simple_cnn").epochs == 2 and cli.for_model("simple_cnn").lr == 0.002
     path.write_text("train:\n  model_overrides:\n    simple_cnn: {epoch: 9}\n")
     cfg = load_stage_config(TrainConfig, "train", path)
     with pytest.raises(ConfigError, match=r"model_overrides.simple_cnn: unknown key 'epoch'.*epochs"):

@@ -90,6 +90,9 @@ def test_two_epochs_reduce_the_loss_and_write_the_run_folder(tiny_data, tmp_path
     test = np.load(out / schema.RUN_TEST)
     assert list(test["ids"]) == list(schema.read_manifest(tiny_data["data_root"] / "tiny", "test")["id"])
     assert summary["best_epoch"] == int(hist["val_top1"].idxmax()) + 1
+    best = torch.load(out / schema.RUN_BEST, weights_only=False)
+    assert "optimizer" not in best and best["epoch"] == summary["best_epoch"]  # weights only
+    assert "optimizer" in torch.load(out / schema.RUN_LAST, weights_only=False)  # resume needs it
     # rerun: finished folds are skipped, nothing rewritten
     mtime = (out / schema.RUN_BEST).stat().st_mtime_ns
     fit(cfg, "simple_cnn", 0)
