@@ -12,7 +12,6 @@ from torchvision.transforms import v2
 
 from common import schema
 from common.errors import DataError
-from data_prep.config import PrepConfig
 from data_prep.packed import build_packed, open_packed, packed_paths
 from data_prep.prep import run_prep
 from data_prep.readers import gld_image_path
@@ -24,6 +23,7 @@ from pipeline.data import (
     build_train_transform,
     make_loader,
 )
+from tests.conftest import gld_prep_config
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,7 @@ def prepped(tmp_path_factory):
             arr = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
             Image.fromarray(arr).resize((64, 48), Image.Resampling.BICUBIC).save(p, quality=90)
     pd.DataFrame(rows, columns=["id", "url", "landmark_id"]).to_csv(root / "raw" / "train.csv", index=False)
-    cfg = PrepConfig(
-        dataset="p",
-        source="gld_v2",
-        source_root=str(root / "raw"),
-        data_root=str(root / "data"),
-        top_k=3,
-        sample_ratio=1.0,
-        image_size=40,
-        workers=1,
-        packed=True,
-    )
+    cfg = gld_prep_config(root, dataset="p", top_k=3, image_size=40, packed=True)
     report = run_prep(cfg, progress=False)
     return root / "data" / "p", report
 

@@ -34,6 +34,18 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(c, generator=g) * 0.5)
 
 
+def fuse_and_compare(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Randomise BN, run in eval mode, ``reparameterize()``, and check the output is unchanged."""
+    randomize_bn(module)
+    module.eval()
+    with torch.no_grad():
+        before = module(x)
+        module.reparameterize()
+        after = module(x)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+    return after
+
+
 def attentions(model: nn.Module) -> list[VanAttention]:
     return [m for m in model.modules() if isinstance(m, VanAttention)]
 
@@ -61,9 +73,7 @@ def test_lka_receptive_fields() -> None:
 
 
 def test_large_kernel_conv_out_dim_still_works() -> None:  # TripletLKN relies on this signature
-    assert LargeKernelConv(4, 1, kernel_size=5, dilated_kernel_size=7, dilation=3)(
-        torch.randn(1, 4, 8, 8)
-    ).shape == (
+    assert LargeKernelConv(4, 1, kernel_size=5, dilated_kernel_size=7, dilation=3)(torch.randn(1, 4, 8, 8)).shape == (
         1,
         1,
         8,
@@ -97,11 +107,7 @@ def test_van_base_structure() -> None:
     lkas = [a.spatial_gating_unit for a in attentions(m)]
     assert len(lkas) == 3 + 3 + 5 + 2 and all(type(g) is LargeKernelAttention for g in lkas)
     g = lkas[0]
-    assert (
-        g.conv0.kernel_size == (5, 5)
-        and g.conv_spatial.kernel_size == (7, 7)
-        and g.conv_spatial.dilation == (3, 3)
-    )
+    assert g.conv0.kernel_size == (5, 5) and g.conv_spatial.kernel_size == (7, 7) and g.conv_spatial.dilation == (3, 3)
     assert isinstance(g.act0, nn.Identity) and isinstance(g.norm0, nn.Identity)
     assert m.num_features == 256
 
@@ -130,9 +136,7 @@ def test_van_act(act: str) -> None:
         g = a.spatial_gating_unit
         # torch or timm class (timm resolves "gelu" to its own GELU)
         assert type(g.act0).__name__.lower() == type(g.act1).__name__.lower() == act
-    assert isinstance(
-        attentions(create_model("van_act_b0", num_classes=10))[0].spatial_gating_unit.act0, nn.ReLU
-    )
+    assert isinstance(attentions(create_model("van_act_b0", num_classes=10))[0].spatial_gating_unit.act0, nn.ReLU)
 
 
 def test_van_bn_after_each_conv() -> None:
@@ -163,14 +167,8 @@ def test_van_replk_block_and_fusion() -> None:
         assert isinstance(g, RepLKBlock)
         assert g.large_kernel.large_conv.conv.kernel_size == (31, 31)
         assert g.large_kernel.small_conv.conv.kernel_size == (5, 5)
-    randomize_bn(m)
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        before = m(x)
-        m.reparameterize()
-        after = m(x)
+    fuse_and_compare(m, torch.randn(2, 3, 64, 64))
     assert all(a.spatial_gating_unit.large_kernel.fused for a in attentions(m))
-    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
 
 
 def test_van_bad_variant_lists_valid_ones() -> None:
@@ -227,49 +225,26 @@ def test_reparam_conv_fusion_equality() -> None:
 
 
 def test_reparam_conv_without_small_branch() -> None:
-    conv = ReparamLargeKernelConv(4, kernel_size=7, small_kernel=None)
-    randomize_bn(conv)
-    conv.eval()
-    x = torch.randn(1, 4, 9, 9)
-    with torch.no_grad():
-        before = conv(x)
-        conv.reparameterize()
-        torch.testing.assert_close(conv(x), before, atol=1e-4, rtol=1e-4)
+    fuse_and_compare(ReparamLargeKernelConv(4, kernel_size=7, small_kernel=None), torch.randn(1, 4, 9, 9))
 
 
 def test_replknet_31b_params_match_paper() -> None:
     m = create_model("replknet_31b")  # paper: 79M params, 15.3G FLOPs (MACs) at 224
     assert abs(n_params(m) - 79.86e6) < 0.05e6
-    kernels = [
-        b.large_kernel.large_conv.conv.kernel_size[0] for b in m.modules() if isinstance(b, RepLKBlock)
-    ]
+    kernels = [b.large_kernel.large_conv.conv.kernel_size[0] for b in m.modules() if isinstance(b, RepLKBlock)]
     assert kernels == [31] * 2 + [29] * 2 + [27] * 18 + [13] * 2
 
 
 def test_replknet_fused_equals_unfused() -> None:
     torch.manual_seed(0)
     m = create_model("replknet_31b", num_classes=10, **TINY_REPLKNET)
-    randomize_bn(m)
-    m.eval()
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        before = m(x)
-        m.reparameterize()
-        after = m(x)
+    fuse_and_compare(m, torch.randn(2, 3, 64, 64))
     convs = [c for c in m.modules() if isinstance(c, ReparamLargeKernelConv)]
     assert len(convs) == 5 and all(c.fused for c in convs)
-    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
 
 
 def test_replk_block_reparameterize() -> None:
-    blk = RepLKBlock(8, kernel_size=9, small_kernel=3)
-    randomize_bn(blk)
-    blk.eval()
-    x = torch.randn(1, 8, 12, 12)
-    with torch.no_grad():
-        before = blk(x)
-        blk.reparameterize()
-        torch.testing.assert_close(blk(x), before, atol=1e-4, rtol=1e-4)
+    fuse_and_compare(RepLKBlock(8, kernel_size=9, small_kernel=3), torch.randn(1, 8, 12, 12))
 
 
 @pytest.mark.parametrize("small", [False, True])
