@@ -3,6 +3,7 @@
 #   make test   the test suite
 # Other data sets: make all DATASET=gld GLD_ROOT=/data/gldv2 | DATASET=cifar10 CIFAR_ROOT=... | DATASET=paris6k
 # Choose models/folds: make train MODELS="resnet50 resneat50" FOLDS="0 1 2 3 4" EPOCHS=25
+# Any other key: PREP_ARGS="top_k=100" for prep, ARGS="img_size=96" for train
 
 PYTHON ?= python3
 VENV   := .venv
@@ -35,7 +36,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 prep: $(STAMP)
-	$(PY) -m data_prep prep --config $(CONFIG) $(strip $(ROOT_ARG)) $(ARGS)
+	$(PY) -m data_prep prep --config $(CONFIG) $(strip $(ROOT_ARG)) $(PREP_ARGS)
 
 folds: $(STAMP)
 	$(PY) -m data_prep folds --config $(CONFIG)
