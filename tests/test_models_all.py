@@ -83,3 +83,11 @@ def test_input_below_min_size_is_a_clear_error(name: str) -> None:
 def test_small_input_on_a_model_without_it() -> None:
     with pytest.raises(PipelineError, match="no small-input"):
         create_model("vgg11_bn", num_classes=3, small_input=True)
+
+
+def test_every_builder_is_named_after_its_registry_key_and_duplicates_fail():
+    from pipeline.models.registry import model_info, register_builder
+
+    assert all(model_info(n).builder.__name__ == n for n in list_models())
+    with pytest.raises(ValueError, match="'resnet50' is registered twice"):
+        register_builder("resnet50", lambda **kw: None)

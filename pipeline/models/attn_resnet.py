@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.models.resnet import Bottleneck
 
 from pipeline.models.layers import attn_layer, create_attn
-from pipeline.models.registry import register_model
+from pipeline.models.registry import register_builder
 from pipeline.models.standard import small_input_stem, timm_model
 from pipeline.models.utils import freeze_backbone as _freeze_backbone
 
@@ -127,17 +127,14 @@ ATTN_RESNETS: dict[str, AttnResNetSpec] = {
     "resnet50_triplet_zl1": _triplet("z-pool l1,max", zpool="l1_max"),
     "resnet50_triplet_zl2": _triplet("z-pool l2,max", zpool="l2_max"),
     **{
-        f"resnet50_triplet_act_{a}": _triplet(f"7x7Conv-{a}", act=a)
-        for a in ("sigmoid", "relu", "gelu", "celu", "elu")
+        f"resnet50_triplet_act_{a}": _triplet(f"7x7Conv-{a}", act=a) for a in ("sigmoid", "relu", "gelu", "celu", "elu")
     },
     **{f"resnet50_triplet_gate_{g}": _triplet(f"BatchNorm-{g}", gate=g) for g in ("tanh", "softmax")},
 }
 
 
 def _register(name: str, spec: AttnResNetSpec) -> None:
-    def builder(
-        num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw: Any
-    ) -> nn.Module:
+    def builder(num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw: Any) -> nn.Module:
         attn_kw = {**spec.attn_kw, **kw.pop("attn_kw", {})}
         return attn_resnet(
             "resnet50",
@@ -151,11 +148,16 @@ def _register(name: str, spec: AttnResNetSpec) -> None:
             **kw,
         )
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"ResNet-50 + {spec.attn or spec.conv3x3}: {spec.paper}."
     tags = (f"seed000:{spec.seed_name}",) if spec.seed_name else ()
-    register_model(name, family="attn_resnet", min_size=32, min_size_small=8, paper=spec.paper, tags=tags)(
-        builder
+    register_builder(
+        name,
+        builder,
+        f"ResNet-50 + {spec.attn or spec.conv3x3}: {spec.paper}.",
+        family="attn_resnet",
+        min_size=32,
+        min_size_small=8,
+        paper=spec.paper,
+        tags=tags,
     )
 
 

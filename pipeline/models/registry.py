@@ -61,6 +61,17 @@ def register_model(
     return deco
 
 
+def register_builder(name: str, builder: Callable[..., nn.Module], doc: str = "", **info) -> None:
+    """Register a builder generated for one row of a family's variant table.
+
+    Names the generated function after its registry key (so tracebacks and ``help()`` say which
+    variant it is), sets its docstring, and registers it with ``info`` (see :func:`register_model`).
+    """
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc or builder.__doc__
+    register_model(name, **info)(builder)
+
+
 def list_models(pattern: str = "*", family: str | None = None) -> list[str]:
     """Registered names matching a glob ``pattern`` (and optionally a family), sorted."""
     return sorted(

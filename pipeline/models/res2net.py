@@ -29,7 +29,7 @@ from timm.layers import get_act_layer
 from timm.models.res2net import Bottle2neck
 
 from pipeline.models.layers import attn_layer, create_attn
-from pipeline.models.registry import register_model
+from pipeline.models.registry import register_builder
 from pipeline.models.standard import small_input_stem, timm_model
 from pipeline.models.utils import freeze_backbone as _freeze_backbone
 
@@ -166,16 +166,11 @@ _ATT = {"S": "se", "T": "triplet"}
 
 RES2NET_VARIANTS: dict[str, Res2NetVariant] = {
     "res2net50_base": Res2NetVariant("Res2Net"),
-    **{
-        f"res2net50_{'lrelu' if a == 'leaky_relu' else a}": Res2NetVariant(f"Res2Net_{k}", a)
-        for k, a in _ACT.items()
-    },
+    **{f"res2net50_{'lrelu' if a == 'leaky_relu' else a}": Res2NetVariant(f"Res2Net_{k}", a) for k, a in _ACT.items()},
     **{f"res2net50_{k.lower()}1": Res2NetVariant(f"Res2Net_{k}1", inner_attn=a) for k, a in _ATT.items()},
     **{f"res2net50_{k.lower()}2": Res2NetVariant(f"Res2Net_{k}2", attn=a) for k, a in _ATT.items()},
     **{
-        f"res2net50_{i.lower()}{p.lower()}": Res2NetVariant(
-            f"Res2Net_{i}{p}", inner_attn=_ATT[i], attn=_ATT[p]
-        )
+        f"res2net50_{i.lower()}{p.lower()}": Res2NetVariant(f"Res2Net_{i}{p}", inner_attn=_ATT[i], attn=_ATT[p])
         for i in _ATT
         for p in _ATT
     },
@@ -195,25 +190,21 @@ _PAPER = "Gao et al. 2019, Res2Net; seed 000 "
 
 
 def _register(name: str, v: Res2NetVariant) -> None:
-    def builder(
-        num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw: Any
-    ) -> nn.Module:
+    def builder(num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw: Any) -> nn.Module:
         args = dict(block_act=v.block_act, inner_attn=v.inner_attn, attn=v.attn, avg_down=v.avg_down)
         args["deep_stem_width"] = 64 if v.deep_stem else None
-        return res2net(
-            num_classes=num_classes, pretrained=pretrained, small_input=small_input, **{**args, **kw}
-        )
+        return res2net(num_classes=num_classes, pretrained=pretrained, small_input=small_input, **{**args, **kw})
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{_PAPER}{v.seed_name}."
-    register_model(
+    register_builder(
         name,
+        builder,
+        f"{_PAPER}{v.seed_name}.",
         family="res2net",
         min_size=32,
         min_size_small=8,
         paper=_PAPER + v.seed_name,
         tags=(f"seed000:{v.seed_name}",),
-    )(builder)
+    )
 
 
 for _name, _v in RES2NET_VARIANTS.items():

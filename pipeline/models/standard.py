@@ -39,7 +39,7 @@ import timm
 import torch.nn as nn
 
 from common.errors import PipelineError
-from pipeline.models.registry import register_model
+from pipeline.models.registry import register_builder, register_model
 
 log = logging.getLogger(__name__)
 
@@ -217,16 +217,16 @@ def _register(name: str, spec: StandardSpec) -> None:
     def builder(num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw) -> nn.Module:
         return build_standard(name, num_classes, pretrained, small_input, **kw)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"{spec.paper} ({spec.library} '{spec.arch}')."
-    register_model(
+    register_builder(
         name,
+        builder,
+        f"{spec.paper} ({spec.library} '{spec.arch}').",
         family=spec.family,
         min_size=spec.min_size,
         min_size_small=spec.min_size_small if spec.small_stem is not None else None,
         paper=spec.paper,
         pretrained=spec.pretrained,
-    )(builder)
+    )
 
 
 @register_model(family="resnet", min_size=32, min_size_small=8, pretrained=True, paper="He et al. 2016, ResNet")

@@ -34,7 +34,7 @@ from timm.layers import ConvNormAct, DropPath, LayerNorm2d, LayerScale2d, get_ac
 from common.errors import PipelineError
 from pipeline.models.layers.lka import LargeKernelAttention, MultiScaleLKA
 from pipeline.models.layers.replk import RepLKBlock, reparameterize_modules
-from pipeline.models.registry import register_model
+from pipeline.models.registry import register_builder
 
 VAN_ARCHS: dict[str, dict[str, Any]] = {
     "b0": dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
@@ -77,14 +77,10 @@ class Res2NetBottleneck(nn.Module):
         self.width = int(math.floor(planes * base_width / 64.0))
         self.out_channels = planes * self.expansion
         self.conv1 = ConvNormAct(in_dim, self.width * scale, 1, act_layer=nn.ReLU)
-        self.convs = nn.ModuleList(
-            ConvNormAct(self.width, self.width, 3, act_layer=nn.ReLU) for _ in range(scale - 1)
-        )
+        self.convs = nn.ModuleList(ConvNormAct(self.width, self.width, 3, act_layer=nn.ReLU) for _ in range(scale - 1))
         self.conv3 = ConvNormAct(self.width * scale, self.out_channels, 1, apply_act=False)
         self.shortcut = (
-            ConvNormAct(in_dim, self.out_channels, 1, apply_act=False)
-            if in_dim != self.out_channels
-            else nn.Identity()
+            ConvNormAct(in_dim, self.out_channels, 1, apply_act=False) if in_dim != self.out_channels else nn.Identity()
         )
         self.act = nn.ReLU()
 
@@ -212,9 +208,7 @@ class VAN(nn.Module):
         try:
             act_layer = get_act_layer(lka_act)
         except KeyError:
-            raise PipelineError(
-                f"VAN lka_act: unknown activation '{lka_act}' (e.g. relu, gelu, celu, elu)"
-            ) from None
+            raise PipelineError(f"VAN lka_act: unknown activation '{lka_act}' (e.g. relu, gelu, celu, elu)") from None
         lka_kw = dict(
             dilated_kernel_size=lka_dilated_kernel_size,
             dilation=lka_dilation,
@@ -237,9 +231,7 @@ class VAN(nn.Module):
         prev, k = in_chans, 0
         for i, (dim, depth, ratio) in enumerate(zip(embed_dims, depths, mlp_ratios, strict=True)):
             if i == 0:
-                embed = (
-                    OverlapPatchEmbed(prev, dim, 3, 1) if small_input else OverlapPatchEmbed(prev, dim, 7, 4)
-                )
+                embed = OverlapPatchEmbed(prev, dim, 3, 1) if small_input else OverlapPatchEmbed(prev, dim, 7, 4)
             else:
                 embed = OverlapPatchEmbed(prev, dim, 3, 2)
             blocks = [
@@ -282,15 +274,11 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def create_van(
-    arch: str, variant: str = "base", num_classes: int = 1000, small_input: bool = False, **kw
-) -> VAN:
+def create_van(arch: str, variant: str = "base", num_classes: int = 1000, small_input: bool = False, **kw) -> VAN:
     """VAN-``arch`` (b0/b1) with seed 000's ``variant`` arguments; ``kw`` overrides either."""
     if variant not in VAN_VARIANTS:
         raise PipelineError(f"unknown VAN variant '{variant}' (valid: {', '.join(VAN_VARIANTS)})")
-    return VAN(
-        **{**VAN_ARCHS[arch], **VAN_VARIANTS[variant], **kw}, num_classes=num_classes, small_input=small_input
-    )
+    return VAN(**{**VAN_ARCHS[arch], **VAN_VARIANTS[variant], **kw}, num_classes=num_classes, small_input=small_input)
 
 
 # (registry name, arch, variant): VAN-B0/B1 and the rows of seed 000's table 4.
@@ -314,16 +302,15 @@ def _register(name: str, arch: str, default_variant: str) -> None:
     ) -> nn.Module:
         return create_van(arch, variant, num_classes=num_classes, small_input=small_input, **kw)
 
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = f"VAN-{arch.upper()} ({default_variant} variant of seed 000)."
-    register_model(
+    register_builder(
         name,
+        builder,
+        f"VAN-{arch.upper()} ({default_variant} variant of seed 000).",
         family="van",
         min_size=32,
         min_size_small=8,
-        paper="Guo et al. 2022, Visual Attention Network"
-        + ("" if default_variant == "base" else "; seed 000 variant"),
-    )(builder)
+        paper="Guo et al. 2022, Visual Attention Network" + ("" if default_variant == "base" else "; seed 000 variant"),
+    )
 
 
 for _name, _arch, _variant in _REGISTERED:
