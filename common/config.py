@@ -9,6 +9,7 @@ the resolved config is saved next to every output (:func:`config_to_dict`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -21,7 +22,17 @@ from common.errors import ConfigError, close_matches
 
 T = TypeVar("T")
 
-STAGES = ("prep", "folds", "train", "ensemble")
+STAGES = ("prep", "folds", "train", "predict", "ensemble", "export")
+
+
+def opt(default: Any = dataclasses.MISSING, *, help: str = "", recipe: bool = True) -> Any:
+    """A config field with a one-line ``help`` (shown by ``--help``) and whether it is part of the
+    training ``recipe`` (a run folder refuses a changed recipe; non-recipe keys such as paths,
+    progress bars or worker counts may change between resumes). Lists and dicts are copied."""
+    meta = {"help": help, "recipe": recipe}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _merge(base: dict, over: dict) -> dict:

@@ -25,7 +25,21 @@ LABEL_MAP_COLUMNS = ["label", "landmark_id", "name", "count"]
 FOLD_COLUMNS = ["id", "fold"]
 SUBMISSION_COLUMNS = ["id", "landmarks"]
 SPLITS = ("train", "val", "test")
-UNKNOWN_LABEL = -1  # a test row whose label is not known (a real Kaggle test set)
+
+# Label values below 0 in manifests and prediction files (``label`` column / ``labels`` array).
+# GAP (pipeline.metrics): NON_LANDMARK rows take a rank when predicted but are not in the
+# denominator; OTHER_LANDMARK rows are in the denominator and can never be right; UNLABELLED rows
+# are left out of every score (a real Kaggle test set has only those).
+NON_LANDMARK = -1  # known: the image shows no landmark
+UNKNOWN_LABEL = NON_LANDMARK  # older name of the same value
+OTHER_LANDMARK = -2  # a landmark outside the label map (e.g. a test landmark not among the top-K)
+UNLABELLED = -3  # no ground truth at all
+
+# Extra manifests beside the splits (same MANIFEST_COLUMNS), written by prep when available:
+COMPETITION = "competition"  # the competition's test set (prep ``test_root=DIR``); readable images only
+COMPETITION_ORDER = "competition_order.csv"  # id, status: every sample_submission id in its order
+NONLANDMARK = "nonlandmark"  # the pool of non-landmark images (label NON_LANDMARK), for training/post-processing
+EXTRA_MANIFESTS = (COMPETITION, NONLANDMARK)
 
 LABEL_MAP = "label_map.csv"
 PREP_CONFIG = "prep_config.yaml"
@@ -37,14 +51,22 @@ RUN_METRICS = "metrics.csv"
 RUN_CURVES = "curves.png"
 RUN_LAST = "last.pt"
 RUN_BEST = "best.pt"
-RUN_OOF = "oof.npz"  # arrays: ids (str), probs (N, C float32), labels (N int)
-RUN_TEST = "test.npz"  # arrays: ids, probs, labels (UNKNOWN_LABEL when not known)
+RUN_OOF = "oof.npz"  # arrays: ids (str), probs (N, C float16/32), labels (N int), meta (JSON str); see pipeline.predfile
+RUN_TEST = "test.npz"  # the same for the test manifest
+RUN_LOG = "train.log"
+RUN_LOCK = ".lock"  # held (flock) by the process writing the folder; see common.lock
 RUN_SUMMARY = "summary.json"
 RUN_DONE = "DONE"  # marker written last: the fold finished and its predictions are complete
 
 
 def manifest_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.csv"
+
+
+def pred_file(manifest: str, tta: bool = False) -> str:
+    """Prediction file of a run folder for a manifest: ``oof`` (the fold's validation rows), ``test``,
+    ``competition``, ``nonlandmark`` ...; ``<manifest>_tta.npz`` with test-time augmentation."""
+    return f"{manifest}{'_tta' if tta else ''}.npz"
 
 
 def fold_file(folds_dir: str | Path, dataset: str, k: int, seed: int) -> Path:

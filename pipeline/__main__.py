@@ -1,4 +1,16 @@
-"""``python -m pipeline {train,ensemble} [--config FILE] [key=value ...]``.
+"""``python -m pipeline COMMAND [--config FILE] [key=value ...]``.
+
+Stage commands read one section of an experiment YAML plus ``key=value`` overrides:
+
+    train     fit every (model, fold) of the config                        [train:]
+    predict   finished runs -> predictions on any manifest, with TTA        [predict:]
+    embed     finished runs -> L2-normalised embeddings (for kNN retrieval)  [predict:]
+    ensemble  OOF/test predictions -> leaderboard (+ internal-split CSV)     [ensemble:]
+    submit    competition predictions -> submissions/<name>.csv + validate   [ensemble:]
+    export    finished runs -> an offline bundle (weights, recipes, wheel)   [export:]
+
+Other commands: ``validate FILE [--sample sample_submission.csv]`` checks a submission the way
+Kaggle would; ``compare EXP [EXP ...]`` puts several experiments side by side.
 
 Multi-process: ``accelerate launch --multi_gpu --num_processes N -m pipeline train ...``
 (on CPU add ``ACCELERATE_USE_CPU=true``).
@@ -7,39 +19,55 @@ Multi-process: ``accelerate launch --multi_gpu --num_processes N -m pipeline tra
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
 from common.cli import run_main
 from common.config import load_stage_config
 
+# command -> (config class, YAML section, runner "module:function", one-line help)
+STAGE_COMMANDS = {
+    "train": ("pipeline.config:TrainConfig", "train", "pipeline.train:main", "fit every (model, fold)"),
+    "predict": ("pipeline.config:PredictConfig", "predict", "pipeline.predict:main", "predict a manifest from runs"),
+    "embed": ("pipeline.config:PredictConfig", "predict", "pipeline.embed:main", "embeddings for kNN retrieval"),
+    "ensemble": ("pipeline.config:EnsembleConfig", "ensemble", "pipeline.ensemble:main", "leaderboard + internal CSV"),
+    "submit": ("pipeline.config:EnsembleConfig", "ensemble", "pipeline.submit:main", "the competition submission"),
+    "export": ("pipeline.config:ExportConfig", "export", "pipeline.export:main", "offline inference bundle"),
+}
+
+
+def _load(ref: str):
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("train", "ensemble"):
-        s = sub.add_parser(name)
+    for name, (cls_ref, section, _, help_) in STAGE_COMMANDS.items():
+        s = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
         s.add_argument("--config", help="experiment YAML (configs/*.yaml)")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 models=resnet18,simple_cnn")
+        s.set_defaults(cls_ref=cls_ref, section=section)
+    v = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")
+    v.add_argument("file")
+    v.add_argument("--sample", help="sample_submission.csv: every one of its ids exactly once, nothing else")
+    c = sub.add_parser("compare", help="model x experiment table and figure across experiments")
+    c.add_argument("experiments", nargs="+")
+    c.add_argument("--runs-root", default="runs")
+    c.add_argument("--out", default=None, help="output folder (default: runs/compare/<a>_vs_<b>...)")
+    c.add_argument("--metric", default="gap", help="sort by this CV metric (gap, top1, top5)")
     args = p.parse_args(argv)
-    if args.cmd == "train":
-        from pipeline.config import TrainConfig
-        from pipeline.train import run_train
-
-        cfg = load_stage_config(TrainConfig, "train", args.config, args.overrides)
-        for s in run_train(cfg):
-            print(
-                f"{s['model']} fold {s['fold']}: top1 {s.get('val_top1', float('nan')):.4f} "
-                f"top5 {s.get('val_top5', float('nan')):.4f} gap {s.get('val_gap', float('nan')):.4f}"
-            )
-    else:
-        from pipeline.config import EnsembleConfig
-        from pipeline.ensemble import run_ensemble
-
-        out = run_ensemble(load_stage_config(EnsembleConfig, "ensemble", args.config, args.overrides))
-        print(f"submission: {out['submission']}\nleaderboard: {out['leaderboard']}")
-    return 0
+    if args.cmd in STAGE_COMMANDS:
+        cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides)
+        return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
+    if args.cmd == "validate":
+        return int(_load("pipeline.validate:main")(args.file, args.sample) or 0)
+    return int(_load("pipeline.compare:main")(args.experiments, args.runs_root, args.out, args.metric) or 0)
 
 
 if __name__ == "__main__":

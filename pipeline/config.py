@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from common.config import opt
 from common.errors import ConfigError
 
 
@@ -86,17 +87,38 @@ class TrainConfig:
         return build_config(TrainConfig, {**values, **over}, f"train: model_overrides.{name}")
 
 
+# ---- ensemble / submit (section ``ensemble:``; owned by pipeline/ensemble.py and pipeline/submit.py)
 @dataclass
 class EnsembleConfig:
-    dataset: str = "synthetic"
-    data_root: str = "data"
-    runs_root: str = "runs"
-    experiment: str = "default"
-    name: str = "default"  # submissions/<name>.csv
-    submissions_dir: str = "submissions"
-    models: list[str] = field(default_factory=list)  # empty = every model with finished folds
-    weights: list[float] = field(default_factory=list)  # per model; empty = equal
+    dataset: str = opt("synthetic", help="data set folder under data_root")
+    data_root: str = opt("data", help="where prep wrote data/<dataset>/")
+    runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
+    experiment: str = opt("default", help="which experiment's runs to ensemble")
+    name: str = opt("default", help="submissions/<name>.csv")
+    submissions_dir: str = opt("submissions", help="where submissions are written")
+    models: list[str] = opt([], help="models to ensemble; empty = every model with finished folds")
+    weights: list[float] = opt([], help="one weight per entry of 'models'; empty = equal")
 
     def validate(self) -> None:
         if self.weights and len(self.weights) != len(self.models):
             raise ConfigError("ensemble: 'weights' needs one value per entry of 'models'")
+
+
+# ---- predict / embed (section ``predict:``; owned by pipeline/predict.py)
+@dataclass
+class PredictConfig:
+    dataset: str = opt("synthetic", help="data set folder under data_root")
+    data_root: str = opt("data", help="where prep wrote data/<dataset>/")
+    runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
+    experiment: str = opt("default", help="which experiment's finished runs predict")
+    models: list[str] = opt([], help="models to predict with; empty = every model with finished folds")
+
+
+# ---- export (section ``export:``; owned by pipeline/export.py)
+@dataclass
+class ExportConfig:
+    dataset: str = opt("synthetic", help="data set folder under data_root (its label map goes into the bundle)")
+    data_root: str = opt("data", help="where prep wrote data/<dataset>/")
+    runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
+    experiment: str = opt("default", help="the experiment to export")
+    out_dir: str = opt("export", help="bundle folder: <out_dir>/<experiment>/")

@@ -184,3 +184,10 @@ def run_ensemble(cfg: EnsembleConfig) -> dict[str, Path]:
     plot_leaderboard(board, out_root / "leaderboard.png", f"{cfg.experiment}: top-1 per model and fold")
     log.info("wrote %s (%d rows) and %s", sub_path, len(result["test_ids"]), out_root / "leaderboard.md")
     return {"submission": sub_path, "leaderboard": out_root / "leaderboard.csv"}
+
+
+def main(cfg: EnsembleConfig) -> int:
+    """CLI face: ensemble, then where the outputs went."""
+    out = run_ensemble(cfg)
+    print(f"submission: {out['submission']}\nleaderboard: {out['leaderboard']}")
+    return 0

@@ -257,3 +257,13 @@ def run_train(cfg: TrainConfig) -> list[dict]:
         for fold in cfg.folds:
             results.append(fit(cfg.for_model(name), name, fold, accelerator))
     return results
+
+
+def main(cfg: TrainConfig) -> int:
+    """CLI face: train, then one line per finished (model, fold)."""
+    for s in run_train(cfg):
+        print(
+            f"{s['model']} fold {s['fold']}: top1 {s.get('val_top1', float('nan')):.4f} "
+            f"top5 {s.get('val_top5', float('nan')):.4f} gap {s.get('val_gap', float('nan')):.4f}"
+        )
+    return 0
