@@ -64,7 +64,8 @@ def load_predictions(path: str | Path, dtype: str | None = "float32") -> dict:
             out = {k: z[k] for k in ("ids", "probs", "labels")}
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: unreadable prediction file ({type(e).__name__}: {e}); rerun the stage that wrote it") from None
+        reason = f"{type(e).__name__}: {e}"
+        raise DataError(f"{path}: unreadable prediction file ({reason}); rerun the stage that wrote it") from None
     if dtype is not None:
         out["probs"] = out["probs"].astype(dtype, copy=False)
     out["meta"] = meta
