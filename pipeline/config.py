@@ -2,82 +2,190 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, fields
 
 from common.config import opt
-from common.errors import ConfigError
+from common.errors import ConfigError, close_matches
+
+# valid names of the factories (each factory lists them again in its own one-line error)
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("halve_on_drop", "plateau", "cosine", "step", "none")
+CHECKPOINT_METRICS = ("top1", "gap", "loss")
+AUGMENTS = ("default", "rrc", "strong")
+POOLS = ("avg", "gem")
+NECKS = ("none", "linear")
+HEADS = ("linear", "arcface", "subcenter_arcface")
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "synthetic"
-    data_root: str = "data"
-    folds_dir: str = "folds"
-    runs_root: str = "runs"
-    experiment: str = "default"
-    models: list[str] = field(default_factory=lambda: ["resnet18"])
-    folds: list[int] = field(default_factory=lambda: [0])  # -1 = holdout: train on train, validate on val
-    k: int = 5
-    fold_seed: int = 42
-    # seed 001 recipe
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 5e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    lr_rule: str = "halve_on_drop"  # seed 001: halve when val top-1 drops vs the previous epoch; or "none"
-    lr_factor: float = 0.5
-    # model
-    img_size: int = 224  # random crop from the cached image (seed 001: 256 -> 224)
-    small_input: bool = False  # CIFAR 3x3 stem
-    pretrained: bool = False
-    freeze_backbone: bool = False  # train only the classifier (seed 003's fine-tuning run)
-    model_kwargs: dict = field(default_factory=dict)
-    # per-model recipe changes, e.g. {simple_cnn: {lr: 0.002, epochs: 25}}; any key of this config
-    model_overrides: dict = field(default_factory=dict)
-    cache: str = "jpeg"  # where pixels come from: "jpeg" (resized JPEG cache) | "packed" (uint8 memmap)
-    # augmentation (train only): random crop + flip always; jitter strength 0 = off
-    crop_padding: int = 0  # zero border before the random crop (CIFAR: 4)
-    hflip: float = 0.5
-    color_jitter: float = 0.2
-    # speed / hardware
-    mixed_precision: str = "auto"  # auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16
-    channels_last: str = "auto"  # auto | true | false
-    num_workers: int = 0
-    cpu: bool = False  # force CPU even with a GPU
-    seed: int = 0
-    limit_train_batches: int | None = None  # debugging/smoke: cut epochs short
-    resume: bool = True  # continue from last.pt when present
-    progress: bool = True
+    """The training stage (``train:`` section). Defaults are seed 001's recipe."""
+
+    # ---- data and where things go
+    dataset: str = opt("synthetic", help="data set folder under data_root (prep's 'dataset')")
+    data_root: str = opt("data", help="where prep wrote data/<dataset>/", recipe=False)
+    folds_dir: str = opt("folds", help="where the fold files are", recipe=False)
+    runs_root: str = opt("runs", help="run folders: <runs_root>/<experiment>/<model>/fold<k>/", recipe=False)
+    experiment: str = opt("default", help="name of this set of runs (a folder under runs_root)", recipe=False)
+    models: list[str] = opt(["resnet18"], help="registry names, or timm:<name> for any timm model", recipe=False)
+    folds: list[int] = opt([0], help="folds to train; -1 = holdout (train manifest vs val manifest)", recipe=False)
+    k: int = opt(5, help="number of folds of the fold file")
+    fold_seed: int = opt(42, help="seed of the fold file")
+    # ---- optimisation (seed 001: Adam 5e-4, betas 0.9/0.999, batch 64, 25 epochs, halve on drop)
+    epochs: int = opt(25, help="epochs; raising it continues a finished fold", recipe=False)
+    batch_size: int = opt(64, help="images per optimizer step per process (DDP: per GPU)")
+    optimizer: str = opt("adam", help="adam | adamw | sgd")
+    lr: float = opt(5e-4, help="peak learning rate")
+    beta1: float = opt(0.9, help="Adam/AdamW beta1")
+    beta2: float = opt(0.999, help="Adam/AdamW beta2")
+    momentum: float = opt(0.9, help="SGD momentum")
+    nesterov: bool = opt(True, help="SGD with Nesterov momentum")
+    weight_decay: float = opt(0.0, help="weight decay (AdamW: decoupled; no decay on norms and biases)")
+    schedule: str = opt("halve_on_drop", help="halve_on_drop (seed 001) | plateau | cosine | step | none")
+    lr_factor: float = opt(0.5, help="LR multiplier of halve_on_drop, plateau and step")
+    plateau_patience: int = opt(2, help="plateau: epochs without improvement before the LR drops")
+    plateau_metric: str = opt("top1", help="plateau: the validation metric watched (top1 | gap | loss)")
+    step_epochs: int = opt(10, help="step: multiply the LR by lr_factor every this many epochs")
+    min_lr: float = opt(1e-6, help="floor of plateau and cosine")
+    warmup_epochs: float = opt(0.0, help="linear warm-up from warmup_lr to lr over this many epochs (any schedule)")
+    warmup_lr: float = opt(1e-6, help="LR at the start of the warm-up")
+    accumulate: int = opt(1, help="gradient accumulation: optimizer step every N batches")
+    clip_grad: float | None = opt(None, help="clip the gradient norm to this value (none = off)")
+    ema: bool = opt(False, help="keep an EMA of the weights (timm ModelEmaV3); predictions use it")
+    ema_decay: float = opt(0.999, help="EMA decay per optimizer step")
+    sync_bn: bool = opt(False, help="SyncBatchNorm under DDP (no effect in one process)")
+    checkpoint_metric: str = opt("top1", help="best epoch by validation top1 | gap | loss")
+    # ---- loss
+    loss: str = opt("ce", help="ce (cross-entropy; margin heads use it on their margin logits)")
+    label_smoothing: float = opt(0.0, help="cross-entropy label smoothing")
+    # ---- model
+    img_size: int = opt(224, help="training crop side (seed 001: random crop 224 from the 256 px cache)")
+    small_input: bool = opt(False, help="CIFAR 3x3 stem without max-pool")
+    pretrained: str = opt("false", help="false | true (timm/torchvision weights, needs a cache offline) | PATH")
+    init_from: str | None = opt(None, help="start from weights: a .pt file or a run folder (its best.pt)")
+    freeze_backbone: bool = opt(False, help="train only the classifier (seed 003's fine-tuning run)")
+    model_kwargs: dict = opt({}, help="extra keyword arguments of the model builder")
+    model_overrides: dict = opt({}, help="per-model changes of any key, e.g. {simple_cnn: {lr: 0.002}}", recipe=False)
+    # ---- head (issue: heads and retrieval)
+    pool: str = opt("avg", help="global pooling: avg | gem (learnable p, init 3)")
+    neck: str = opt("none", help="embedding layer: none | linear (Linear-BN-PReLU of embedding_size)")
+    embedding_size: int = opt(512, help="width of the linear neck")
+    head: str = opt("linear", help="classifier: linear | arcface | subcenter_arcface")
+    arcface_s: float = opt(30.0, help="ArcFace scale s")
+    arcface_m: float = opt(0.3, help="ArcFace margin m (the largest margin with dynamic_margin)")
+    subcenters: int = opt(3, help="sub-center ArcFace: sub-centres per class")
+    dynamic_margin: bool = opt(False, help="per-class margins from class frequency (small classes: larger)")
+    margin_min: float = opt(0.05, help="dynamic margins: margin of the largest class")
+    # ---- input and augmentation
+    cache: str = opt("jpeg", help="pixels from: jpeg (resized file cache) | packed (uint8 memmap)")
+    augment: str = opt("default", help="default (crop+flip+jitter, seed 001) | rrc (RandomResizedCrop) | strong")
+    rrc_scale: list[float] = opt([0.35, 1.0], help="rrc/strong: area range of RandomResizedCrop")
+    crop_padding: int = opt(0, help="zero border before the random crop (CIFAR: 4)")
+    hflip: float = opt(0.5, help="horizontal flip probability")
+    color_jitter: float = opt(0.2, help="brightness/contrast/saturation jitter strength (0 = off)")
+    mixup: float = opt(0.0, help="mixup alpha (0 = off; timm Mixup)")
+    cutmix: float = opt(0.0, help="cutmix alpha (0 = off)")
+    mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on")
+    input_path: str = opt("auto", help="auto | batched (packed cache: one read per batch) | per_item")
+    prefetch: bool = opt(True, help="prepare the next batch while the model runs", recipe=False)
+    num_workers: int = opt(0, help="DataLoader worker processes (recorded; a resume warns on a change)", recipe=False)
+    # ---- speed, hardware, bookkeeping
+    mixed_precision: str = opt("auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16")
+    channels_last: str = opt("auto", help="auto | true | false")
+    cpu: bool = opt(False, help="force the CPU even with a GPU")
+    seed: int = opt(0, help="seed of weights, shuffling and augmentation")
+    limit_train_batches: int | None = opt(None, help="cut epochs short (smoke tests)")
+    resume: bool = opt(True, help="continue from last.pt when present", recipe=False)
+    progress: bool = opt(True, help="progress bars (only when the output is a terminal)", recipe=False)
+    log_with: str = opt(
+        "none", help="experiment tracking via Accelerate: none | tensorboard | wandb | mlflow", recipe=False
+    )
 
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("train: 'models' is empty")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("train: epochs and batch_size must be >= 1")
+        for key in ("epochs", "batch_size", "accumulate", "step_epochs", "subcenters", "embedding_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train: {key} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "arcface_s"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"train: {key} must be a finite number > 0, got {v}")
+        for key in (
+            "weight_decay",
+            "min_lr",
+            "warmup_epochs",
+            "warmup_lr",
+            "label_smoothing",
+            "mixup",
+            "cutmix",
+            "arcface_m",
+            "margin_min",
+            "ema_decay",
+            "momentum",
+            "color_jitter",
+            "crop_padding",
+        ):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"train: {key} must be a finite number >= 0, got {v}")
+        for key in ("lr_factor", "beta1", "beta2", "hflip", "mix_prob", "ema_decay", "label_smoothing"):
+            v = getattr(self, key)
+            if not 0 <= v <= 1:
+                raise ConfigError(f"train: {key} must be in [0, 1], got {v}")
+        if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
+            raise ConfigError(f"train: clip_grad must be > 0 (or none), got {self.clip_grad}")
         bad = [f for f in self.folds if not -1 <= f < self.k]
         if bad:
             raise ConfigError(f"train: fold(s) {bad} outside 0..{self.k - 1} (or -1 for holdout)")
         for name, over in self.model_overrides.items():
             if not isinstance(over, dict):
                 raise ConfigError(f"train: model_overrides.{name} must be a mapping of keys to values")
-            fixed = sorted({"models", "model_overrides", "mixed_precision", "cpu"} & set(over))
+            fixed = sorted({"models", "model_overrides", "mixed_precision", "cpu", "log_with"} & set(over))
             if fixed:  # one Accelerator (device, precision) serves every model of a run
                 raise ConfigError(f"train: model_overrides.{name} cannot set {fixed}: they hold for the whole run")
-        if self.lr_rule not in ("halve_on_drop", "none"):
-            raise ConfigError(f"train: lr_rule must be 'halve_on_drop' or 'none', got '{self.lr_rule}'")
+        for key, valid in (
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("checkpoint_metric", CHECKPOINT_METRICS),
+            ("plateau_metric", CHECKPOINT_METRICS),
+            ("augment", AUGMENTS),
+            ("pool", POOLS),
+            ("neck", NECKS),
+            ("head", HEADS),
+            ("loss", ("ce",)),
+            ("input_path", ("auto", "batched", "per_item")),
+            ("cache", ("jpeg", "packed")),
+            ("mixed_precision", ("auto", "no", "bf16", "fp16")),
+            ("log_with", ("none", "tensorboard", "wandb", "mlflow")),
+        ):
+            if getattr(self, key) not in valid:
+                raise ConfigError(
+                    f"train: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
+                )
         self.channels_last = str(self.channels_last).lower()
         if self.channels_last not in ("auto", "true", "false"):
             raise ConfigError(f"train: channels_last must be auto|true|false, got '{self.channels_last}'")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ConfigError(f"train: mixed_precision must be auto|no|bf16|fp16, got '{self.mixed_precision}'")
+        p = str(self.pretrained)
+        self.pretrained = p.lower() if p.lower() in ("true", "false") else p
+        if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
+            raise ConfigError(f"train: rrc_scale must be two numbers 0 < a <= b <= 1, got {self.rrc_scale}")
+        if self.img_size < 8:
+            raise ConfigError(f"train: img_size must be >= 8, got {self.img_size}")
 
+    @property
+    def use_pretrained(self) -> bool | str:
+        """False, True, or the path of a local weights file."""
+        return {"false": False, "true": True}.get(self.pretrained, self.pretrained)
+
+    @classmethod
+    def recipe_keys(cls) -> list[str]:
+        """Keys that change what a run computes (a run folder refuses a change of any of them)."""
+        return [f.name for f in fields(cls) if f.metadata.get("recipe", True)]
 
     def for_model(self, name: str) -> TrainConfig:
         """This config with ``model_overrides[name]`` applied (typed and validated like the rest)."""
-        from dataclasses import asdict
-
         from common.config import build_config
 
         over = self.model_overrides.get(name)

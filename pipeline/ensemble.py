@@ -21,10 +21,10 @@ import pandas as pd
 
 from common import schema
 from common.errors import DataError
-from common.io import write_csv, write_text
+from common.io import write_csv
 from pipeline.config import EnsembleConfig
+from pipeline.leaderboard import run_info, write_leaderboard
 from pipeline.metrics import score_all
-from pipeline.plots import plot_leaderboard
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +158,6 @@ def submission(ids: np.ndarray, probs: np.ndarray, label_map: pd.DataFrame) -> p
     return pd.DataFrame({"id": ids, "landmarks": [f"{lid} {c:.6f}" for lid, c in zip(lids, conf)]})
 
 
-def to_markdown(board: pd.DataFrame) -> str:
-    cols = list(board.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in board.itertuples(index=False):
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in r]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def run_ensemble(cfg: EnsembleConfig) -> dict[str, Path]:
     data_dir = Path(cfg.data_root) / cfg.dataset
     label_map = schema.read_label_map(data_dir)
@@ -179,9 +170,9 @@ def run_ensemble(cfg: EnsembleConfig) -> dict[str, Path]:
     out_root = Path(cfg.runs_root) / cfg.experiment
     sub_path = Path(cfg.submissions_dir) / f"{cfg.name}.csv"
     write_csv(sub_path, submission(result["test_ids"], result["test"], label_map))
-    write_csv(out_root / "leaderboard.csv", board)
-    write_text(out_root / "leaderboard.md", f"# Leaderboard: {cfg.experiment}\n\n" + to_markdown(board))
-    plot_leaderboard(board, out_root / "leaderboard.png", f"{cfg.experiment}: top-1 per model and fold")
+    write_leaderboard(
+        out_root, board.to_dict("records"), run_info(cfg.runs_root, cfg.experiment, list(runs)), cfg.experiment
+    )
     log.info("wrote %s (%d rows) and %s", sub_path, len(result["test_ids"]), out_root / "leaderboard.md")
     return {"submission": sub_path, "leaderboard": out_root / "leaderboard.csv"}
 

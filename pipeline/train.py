@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 def build_model(cfg: TrainConfig, name: str, num_classes: int, channels_last: bool = False) -> torch.nn.Module:
     check_input_size(name, cfg.img_size, cfg.small_input)
     model = create_model(
-        name, num_classes=num_classes, pretrained=cfg.pretrained, small_input=cfg.small_input, **cfg.model_kwargs
+        name, num_classes=num_classes, pretrained=cfg.use_pretrained, small_input=cfg.small_input, **cfg.model_kwargs
     )
     if cfg.freeze_backbone:
         from pipeline.models.utils import freeze_backbone
@@ -66,21 +66,6 @@ def _save_predictions(path: Path, rows: pd.DataFrame, out: dict) -> None:
         )
 
 
-# keys that do not change what a run computes (or may change between resumes)
-_NOT_RECIPE = {
-    "progress",
-    "resume",
-    "num_workers",
-    "models",
-    "folds",
-    "model_overrides",
-    "epochs",
-    "data_root",
-    "folds_dir",
-    "runs_root",
-}
-
-
 def check_same_recipe(out: Path, cfg: TrainConfig) -> dict | None:
     """The config a run folder was made with; a :class:`PipelineError` if the recipe differs.
 
@@ -92,7 +77,8 @@ def check_same_recipe(out: Path, cfg: TrainConfig) -> dict | None:
         return None
     saved = yaml.safe_load(path.read_text()) or {}
     new = asdict(cfg)
-    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in new.items() if k not in _NOT_RECIPE and saved.get(k) != v]
+    recipe = set(TrainConfig.recipe_keys())
+    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in new.items() if k in recipe and saved.get(k, v) != v]
     if diff:
         raise PipelineError(
             f"{out} was trained with another recipe ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); "
@@ -143,7 +129,7 @@ def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator |
     model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader, test_loader
     )
-    scheduler = HalveOnDrop(optimizer, cfg.lr_factor, enabled=cfg.lr_rule == "halve_on_drop")
+    scheduler = HalveOnDrop(optimizer, cfg.lr_factor, enabled=cfg.schedule == "halve_on_drop")
 
     history: list[dict] = []
     best = {"epoch": -1, "val_top1": -1.0}

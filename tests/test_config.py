@@ -15,7 +15,7 @@ def test_base_file_and_overrides_are_typed(tmp_path):
     assert (cfg.epochs, cfg.batch_size, cfg.lr) == (5, 8, 0.001)
     assert cfg.models == ["x", "y", "z"] and cfg.folds == [0, 1]
     cfg = load_stage_config(TrainConfig, "train", None, ["limit_train_batches=none", "pretrained=true"])
-    assert cfg.limit_train_batches is None and cfg.pretrained is True
+    assert cfg.limit_train_batches is None and cfg.use_pretrained is True
 
 
 @pytest.mark.parametrize(
