@@ -118,3 +118,21 @@ def read_label_map(data_dir: str | Path) -> pd.DataFrame:
 
 def read_folds(path: str | Path) -> pd.DataFrame:
     return _read_csv(Path(path), FOLD_COLUMNS, "fold file")
+
+
+def label_map_sha(label_map: pd.DataFrame) -> str:
+    """Identity of a label map: the landmark ids in label order (what class index i means)."""
+    import hashlib
+
+    text = ",".join(str(v) for v in label_map["landmark_id"].tolist())
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def prep_fingerprint(data_dir: str | Path) -> str | None:
+    """The fingerprint of the prep that wrote ``data_dir`` (``prep_report.json``), None if absent."""
+    import json
+
+    try:
+        return json.loads((Path(data_dir) / PREP_REPORT).read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
