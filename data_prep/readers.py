@@ -35,7 +35,7 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we raise ourselves, see check_pixels
 
 SKIP_COLUMNS = ["id", "src", "reason"]
-_ID_PATTERN = r"[0-9a-zA-Z_-]{3,}"  # GLD ids: hex; at least 3 characters for the a/b/c folders
+ID_PATTERN = r"[0-9a-zA-Z_-]{3,}"  # GLD ids: hex; at least 3 characters for the a/b/c folders
 
 
 @dataclass
@@ -76,7 +76,7 @@ def gld_image_path(root: Path, image_id: str, subdir: str = "train") -> Path:
     return root / subdir / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def read_csv_text(path: Path, what: str) -> pd.DataFrame:
     """All-string frame of a CSV; BOM, quoted fields (v1) and padded headers tolerated."""
     if not path.is_file():
         raise DataError(f"{what} not found: {path}")
@@ -105,7 +105,7 @@ def _int_column(df: pd.DataFrame, col: str, path: Path, line_of=None) -> pd.Seri
 def read_gld_csv(path: Path) -> pd.DataFrame:
     """Read a GLD ``train.csv`` (``id,url,landmark_id``; v1 quotes every field; BOM tolerated)."""
     path = Path(path)
-    df = _read_csv(path, "GLD csv")
+    df = read_csv_text(path, "GLD csv")
     for col in ("id", "landmark_id"):
         if col not in df.columns:
             raise DataError(f"{path}: missing column '{col}' (found {list(df.columns)}; expected id,url,landmark_id)")
@@ -119,7 +119,7 @@ def read_gld_csv(path: Path) -> pd.DataFrame:
 def read_gld_clean_csv(path: Path) -> pd.DataFrame:
     """``train_clean.csv`` (``landmark_id,images``, images space-separated) -> (id, landmark_id) rows."""
     path = Path(path)
-    clean = _read_csv(path, "GLD clean csv")
+    clean = read_csv_text(path, "GLD clean csv")
     missing = [c for c in ("landmark_id", "images") if c not in clean.columns]
     if missing:
         raise DataError(
@@ -179,7 +179,7 @@ def read_gld_v2(root: str | os.PathLike, label_source: str = "train", check_imag
         log.warning("%s: %d duplicate ids skipped (first: %s)", path, int(dup.sum()), df.loc[dup, "id"].iloc[0])
         _skip(skipped, lists, "duplicate_id", df.loc[dup, "id"], [str(path)] * int(dup.sum()))
         df = df[~dup]
-    bad_id = ~df["id"].str.fullmatch(_ID_PATTERN)
+    bad_id = ~df["id"].str.fullmatch(ID_PATTERN)
     if bad_id.any():
         _skip(skipped, lists, "bad_id", df.loc[bad_id, "id"], [str(path)] * int(bad_id.sum()))
         df = df[~bad_id]
