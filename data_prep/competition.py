@@ -31,11 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import ConfigError, DataError, close_matches
+from data_prep.config import TEST_FORMATS
 from data_prep.readers import ID_PATTERN, IMAGE_EXTS, read_csv_text
 
 log = logging.getLogger(__name__)
 
-TEST_FORMATS = ("auto", "glr2020", "glr2019", "folder")
 SAMPLE_SUBMISSION = "sample_submission.csv"
 TEST_CSV = "test.csv"
 TEST_IMAGES = "test"  # <test_root>/test/<a>/<b>/<c>/<id>.jpg in the glr layouts

@@ -4,37 +4,71 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.config import opt
 from common.errors import ConfigError, close_matches
 
 SOURCES = ("synthetic", "gld_v2", "gld_v1", "imagefolder", "cifar10", "cifar100")
+TEST_FORMATS = ("auto", "glr2020", "glr2019", "folder")  # data_prep.competition reads them
 
 
 @dataclass
 class PrepConfig:
-    dataset: str = "synthetic"  # output folder name: <data_root>/<dataset>/
-    source: str = "synthetic"  # one of SOURCES
-    source_root: str | None = None  # raw data (default for synthetic: <data_root>/raw/<dataset>)
-    data_root: str = "data"
-    label_source: str = "train"  # gld_v2: "train" (train.csv) or "clean" (train_clean.csv)
-    top_k: int = 1000  # keep the K most frequent classes (seed 001: 1000)
-    sample_ratio: float = 0.1  # then keep this fraction of their images (seed 001: 0.1)
-    min_per_class: int = 0  # drop classes with fewer images (after sampling)
-    max_per_class: int | None = None  # cap images per class (after sampling)
-    val_frac: float = 0.125
-    test_frac: float = 0.125
-    seed: int = 0
-    image_size: int = 256  # cached image side (seed 001: 256, then random crop 224)
-    resize_mode: str = "square"  # "square" (stretch to size x size) | "shorter" (shorter side, centre crop)
-    jpeg_quality: int = 92
-    image_format: str = "auto"  # file cache: "jpeg" | "png" (lossless) | "auto" (png for CIFAR, else jpeg)
-    packed: bool = False  # also write packed_<size>.u8 (+ .json index): uint8 memmap for fast training input
-    workers: int = 2  # threads decoding/resizing (PIL releases the GIL)
-    # synthetic default only
-    synth_classes: int = 40
-    synth_max_per_class: int = 300
-    synth_min_per_class: int = 4
-    synth_tail: float = 1.1  # long-tail exponent of the class sizes
-    synth_image_size: int = 128
+    """The prep stage (``prep:`` section): raw source -> selection -> splits -> caches -> manifests."""
+
+    # ---- where
+    dataset: str = opt("synthetic", help="output folder name: <data_root>/<dataset>/")
+    source: str = opt("synthetic", help="synthetic | gld_v2 | gld_v1 | imagefolder | cifar10 | cifar100")
+    source_root: str | None = opt(None, help="raw data folder (synthetic default: <data_root>/raw/<dataset>)")
+    data_root: str = opt("data", help="where data/<dataset>/ is written")
+    label_source: str = opt("train", help="gld_v2 labels: train (train.csv) | clean (train_clean.csv)")
+    # ---- selection and splits (seed 001: top 1000 classes, then 0.1 of their images)
+    top_k: int = opt(1000, help="keep the K most frequent classes")
+    sample_ratio: float = opt(0.1, help="then keep this fraction of their images (per class, at least 1)")
+    min_per_class: int = opt(0, help="drop classes with fewer images (after sampling)")
+    max_per_class: int | None = opt(None, help="cap images per class (after sampling; none = no cap)")
+    val_frac: float = opt(0.125, help="share of each class in val.csv")
+    test_frac: float = opt(0.125, help="share of each class in test.csv (the internal test split)")
+    seed: int = opt(0, help="seed of sampling, splits and the synthetic generator")
+    # ---- image cache
+    image_size: int = opt(256, help="cached image side (seed 001: 256, then random crop 224)")
+    resize_mode: str = opt("square", help="square (stretch to size x size) | shorter (shorter side, centre crop)")
+    jpeg_quality: int = opt(92, help="JPEG quality of the file cache")
+    image_format: str = opt("auto", help="file cache: jpeg | png (lossless) | auto (png for CIFAR, else jpeg)")
+    packed: bool = opt(False, help="also write packed_<size>.u8 (+ .json index): uint8 memmap of every manifest")
+    workers: int = opt(2, help="threads decoding/resizing (PIL releases the GIL)")
+    # ---- the competition's test set and non-landmarks (data_prep.competition)
+    test_root: str | None = opt(
+        None,
+        help="the competition's test folder -> competition.csv + competition_order.csv "
+        "(synthetic default: <source_root>/competition)",
+    )
+    test_format: str = opt("auto", help="layout of test_root: auto | glr2020 | glr2019 | folder")
+    solution_csv: str | None = opt(
+        None,
+        help="labels of the test set (id,landmarks,Usage as recognition_solution_v2.1.csv); "
+        "default: that file (or solution.csv) in test_root when present",
+    )
+    nonlandmark_root: str | None = opt(
+        None,
+        help="folder of images showing no landmark (recursive, id = file stem) "
+        "(synthetic default: <source_root>/nonlandmark)",
+    )
+    nonlandmark_test_share: float = opt(
+        0.5, help="share of the internal test split made of non-landmark images (the rest of them: nonlandmark.csv)"
+    )
+    # ---- synthetic default only (data_prep.synthetic)
+    synth_classes: int = opt(40, help="synthetic: generated landmarks")
+    synth_max_per_class: int = opt(300, help="synthetic: photos of the largest class")
+    synth_min_per_class: int = opt(4, help="synthetic: photos of the smallest classes")
+    synth_tail: float = opt(1.1, help="synthetic: long-tail exponent of the class sizes")
+    synth_image_size: int = opt(128, help="synthetic: rendered image height")
+    synth_nonlandmark: int | None = opt(
+        None, help="synthetic: non-landmark scenes (none = auto: 0.17 x the landmark photos, at least 24; 0 = none)"
+    )
+    synth_competition: int | None = opt(
+        None, help="synthetic: competition test images (none = auto: 0.12 x the landmark photos, at least 24; 0 = none)"
+    )
+    synth_competition_landmarks: float = opt(0.38, help="synthetic: share of competition test images with a landmark")
 
     def validate(self) -> None:
         if self.source not in SOURCES:
@@ -61,6 +95,20 @@ class PrepConfig:
             raise ConfigError(f"prep: jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.image_size < 8:
             raise ConfigError(f"prep: image_size must be >= 8, got {self.image_size}")
+        if self.test_format not in TEST_FORMATS:
+            raise ConfigError(
+                f"prep: unknown test_format '{self.test_format}' ({close_matches(self.test_format, TEST_FORMATS)})"
+            )
+        if not 0 <= self.nonlandmark_test_share < 1:
+            raise ConfigError(f"prep: nonlandmark_test_share must be in [0, 1), got {self.nonlandmark_test_share}")
+        for key in ("synth_nonlandmark", "synth_competition"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"prep: {key} must be >= 0 (or none = auto), got {value}")
+        if not 0 <= self.synth_competition_landmarks <= 1:
+            raise ConfigError(
+                f"prep: synth_competition_landmarks must be in [0, 1], got {self.synth_competition_landmarks}"
+            )
 
     def cache_format(self) -> str:
         """The file cache format: lossless PNG for CIFAR (JPEG at 32 px is lossy), JPEG for photos."""
@@ -71,11 +119,13 @@ class PrepConfig:
 
 @dataclass
 class FoldsConfig:
-    dataset: str = "synthetic"
-    data_root: str = "data"
-    folds_dir: str = "folds"
-    k: int = 5
-    seed: int = 42
+    """The folds stage (``folds:`` section): seeded stratified K-fold file over train.csv."""
+
+    dataset: str = opt("synthetic", help="data set folder under data_root")
+    data_root: str = opt("data", help="where prep wrote data/<dataset>/")
+    folds_dir: str = opt("folds", help="where fold files go: <folds_dir>/<dataset>_k<K>_s<fold_seed>.csv")
+    k: int = opt(5, help="number of folds")
+    fold_seed: int = opt(42, help="seed of the fold assignment (the same key as train's fold_seed)")
 
     def validate(self) -> None:
         if self.k < 2:

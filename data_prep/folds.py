@@ -1,6 +1,6 @@
 """Fixed, seeded stratified K-fold files: every CV score in the project is computed on them.
 
-``folds/<dataset>_k<K>_s<seed>.csv`` with columns ``id,fold`` over the train manifest. Made
+``folds/<dataset>_k<K>_s<fold_seed>.csv`` with columns ``id,fold`` over the train manifest. Made
 once; training takes ``fold=k`` and validates on the rows of that fold (out-of-fold predictions).
 Classes with fewer than K training images are spread round-robin over folds (StratifiedKFold
 refuses them), so every id gets exactly one fold.
@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from common import schema
+from common.errors import DataError
 from common.io import write_csv
 from data_prep.config import FoldsConfig
 
@@ -47,10 +48,14 @@ def make_folds(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
 
 
 def run_folds(cfg: FoldsConfig) -> Path:
+    """Write (or keep, when unchanged) the fold file of ``cfg``; returns its path."""
     data_dir = Path(cfg.data_root) / cfg.dataset
     train = schema.read_manifest(data_dir, "train")
-    out = schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.seed)
-    folds = make_folds(train, cfg.k, cfg.seed)
+    if (train["label"] < 0).any():  # train.csv is landmark-only; non-landmarks live in test.csv / nonlandmark.csv
+        bad = train.loc[train["label"] < 0, "id"].iloc[0]
+        raise DataError(f"{schema.manifest_path(data_dir, 'train')}: id '{bad}' has label < 0; folds need class labels")
+    out = schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed)
+    folds = make_folds(train, cfg.k, cfg.fold_seed)
     if out.is_file():
         old = schema.read_folds(out)
         if old.equals(folds):

@@ -1,6 +1,7 @@
 """Fold files: stratified, deterministic, every id exactly once."""
 
 import pandas as pd
+import pytest
 
 from common import schema
 from data_prep.folds import make_folds
@@ -24,3 +25,17 @@ def test_stratified_and_deterministic():
     assert (per.loc[0] == 10).all() and (per.loc[1] == 4).all() and (per.loc[2] == 2).all()
     assert per.loc[3].sum() == 2 and per.loc[3].max() == 1  # small class spread, not dropped
     assert (a["fold"] >= 0).all()
+
+
+def test_fold_seed_key_names_the_file(tmp_path, tiny_data):
+    from common.config import load_stage_config
+    from common.errors import ConfigError
+    from data_prep.config import FoldsConfig
+    from data_prep.folds import run_folds
+
+    over = [f"data_root={tiny_data['data_root']}", "dataset=tiny", f"folds_dir={tmp_path}", "k=3"]
+    out = run_folds(load_stage_config(FoldsConfig, "folds", None, [*over, "fold_seed=7"]))
+    assert out.name == "tiny_k3_s7.csv"
+    assert not schema.read_folds(out).equals(schema.read_folds(tiny_data["folds_file"]))  # another seed
+    with pytest.raises(ConfigError, match="unknown key 'seed'.*fold_seed"):
+        load_stage_config(FoldsConfig, "folds", None, [*over, "seed=7"])
