@@ -116,8 +116,44 @@ def read_label_map(data_dir: str | Path) -> pd.DataFrame:
     return df
 
 
-def read_folds(path: str | Path) -> pd.DataFrame:
-    return _read_csv(Path(path), FOLD_COLUMNS, "fold file")
+def read_folds(path: str | Path, k: int | None = None, train_ids: pd.Series | None = None) -> pd.DataFrame:
+    """Read a fold file; with ``k``/``train_ids`` also check it (one error line naming the row).
+
+    Checked: ids unique (a duplicated id would leak validation rows into training), folds are
+    integers in ``0..k-1`` with no fold empty, and the ids are exactly the train manifest's.
+    """
+    path = Path(path)
+    df = _read_csv(path, FOLD_COLUMNS, "fold file")
+    if df.empty:
+        raise DataError(f"{path}: fold file has no rows (rerun 'make folds')")
+    dup = df["id"].duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise DataError(f"{path}: line {i + 2}: id '{df['id'].iloc[i]}' appears twice (rerun 'make folds')")
+    num = pd.to_numeric(df["fold"], errors="coerce")
+    bad = num.isna() | (num != num.round())
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]!r} is not an integer")
+    df["fold"] = num.astype("int64")
+    if k is not None:
+        out = (df["fold"] < 0) | (df["fold"] >= k)
+        if out.any():
+            i = int(out.to_numpy().nonzero()[0][0])
+            raise DataError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]} outside 0..{k - 1}")
+        empty = sorted(set(range(k)) - set(df["fold"]))
+        if empty:
+            raise DataError(f"{path}: fold(s) {empty} have no rows (k={k})")
+    if train_ids is not None:
+        have, want = set(df["id"]), set(train_ids)
+        if have != want:
+            extra, missing = sorted(have - want), sorted(want - have)
+            what = f"{len(missing)} train ids have no fold (first: {missing[0]!r})" if missing else ""
+            what += ("; " if what and extra else "") + (
+                f"{len(extra)} ids are not in the train manifest (first: {extra[0]!r})" if extra else ""
+            )
+            raise DataError(f"{path} does not match the train manifest: {what} (rerun 'make folds')")
+    return df
 
 
 def label_map_sha(label_map: pd.DataFrame) -> str:

@@ -1,20 +1,25 @@
 """The training engine: one Accelerate loop for CPU, one GPU or many processes.
 
-``train_one_epoch`` and ``evaluate`` return dicts; the LR rule and the precision choice are
-small pure pieces with unit tests. Device placement, autocast, DDP and metric gathering
-belong to accelerate (one ``Accelerator``, one ``prepare``, ``gather_for_metrics``).
+``train_one_epoch`` and ``evaluate`` return dicts; device placement, autocast, DDP, gradient
+accumulation and metric gathering belong to accelerate (one ``Accelerator``, one ``prepare``,
+``accumulate``, ``gather_for_metrics``). The recipe's moving parts (optimizer, schedule, loss,
+mixup) come in built by :mod:`pipeline.factories` and :mod:`pipeline.augment`.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm import tqdm
 
+from common.errors import PipelineError
 from common.io import atomic_write
 from pipeline.data import normalize
 from pipeline.metrics import score_all
@@ -23,9 +28,9 @@ from pipeline.metrics import score_all
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN has native bf16 kernels (AVX512-BF16 / AMX).
 
-    Measured on this project's AVX2-only EPYC machines (BENCHMARKS.md): bf16 autocast makes
-    ResNet-18 training 4-20x *slower* and channels_last ~20% slower, so neither is a default
-    there; on CPUs with native bf16 both are reported to give 1.5-2.8x.
+    Measured on AVX2-only EPYC machines (BENCHMARKS.md): bf16 autocast makes ResNet-18 training
+    4-20x *slower* and channels_last ~20% slower, so neither is a default there; on CPUs with
+    native bf16 both are reported to give 1.5-2.8x.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -53,88 +58,91 @@ def resolve_channels_last(requested: str, cpu: bool = False) -> bool:
     return _on_gpu(cpu) or cpu_has_fast_bf16()
 
 
-def next_lr(lr: float, prev_acc: float | None, acc: float, factor: float = 0.5) -> float:
-    """Seed 001's rule: multiply the LR by ``factor`` when accuracy drops below the previous epoch's."""
-    if prev_acc is not None and acc < prev_acc:
-        return lr * factor
-    return lr
+class Diverged(PipelineError):
+    """The loss became NaN/Inf: the fold stops without a DONE marker."""
 
 
-class HalveOnDrop:
-    """Seed 001's LR rule as a scheduler stepped once per epoch with the (gathered) val top-1.
+@dataclass
+class StepParts:
+    """What one optimisation step needs besides the model and the batch."""
 
-    ``ReduceLROnPlateau(mode="max", factor=0.5, patience=0, threshold=0)`` is close but not
-    the same: it compares with the *best* epoch so far (and halves on a tie), so after a dip it
-    keeps halving until the old best is beaten; seed 001 compares with the *previous* epoch and
-    halves only on a strict drop. It is stepped by the training loop on every process with the
-    same gathered metric, and is deliberately not passed to ``accelerator.prepare`` (which would
-    step it once per process).
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, factor: float = 0.5, enabled: bool = True) -> None:
-        self.optimizer = optimizer
-        self.factor = factor
-        self.enabled = enabled
-        self.prev: float | None = None
-
-    @property
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
-
-    def step(self, acc: float) -> bool:
-        """Record this epoch's accuracy; returns True when the LR was reduced."""
-        changed = False
-        if self.enabled:
-            new = next_lr(self.lr, self.prev, acc, self.factor)
-            if new != self.lr:
-                for g in self.optimizer.param_groups:
-                    g["lr"] = g["lr"] * self.factor
-                changed = True
-        self.prev = acc
-        return changed
-
-    def state_dict(self) -> dict:
-        return {"prev": self.prev, "factor": self.factor, "enabled": self.enabled}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.prev, self.factor, self.enabled = state["prev"], state["factor"], state["enabled"]
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    schedule: object  # pipeline.factories.Schedule: after_step() once per optimizer step
+    mixer: Callable | None = None  # (x, target) -> (x, soft target)
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch augmentation on device
+    ema: object | None = None  # timm ModelEmaV3
+    clip_grad: float | None = None
+    needs_target: bool = False  # margin heads: model(x, target) returns margin logits
 
 
 def train_one_epoch(
     model,
     loader,
-    optimizer,
+    parts: StepParts,
     accelerator: Accelerator,
-    channels_last: bool = True,
+    channels_last: bool = False,
     limit_batches: int | None = None,
     progress: bool = False,
     desc: str = "train",
 ) -> dict:
+    """One pass over ``loader``; returns ``{"train_loss"}``. Raises :class:`Diverged` on NaN/Inf loss.
+
+    The non-finite check is kept on the device (no sync per step) and read every 10 steps in a
+    single process; under several processes every rank reduces it at the end of the epoch, so
+    all ranks stop together instead of one waiting forever in a collective.
+    """
     model.train()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    count = torch.zeros((), device=accelerator.device)
-    bar = tqdm(
-        loader, desc=desc, leave=False, disable=not (progress and accelerator.is_local_main_process), mininterval=1.0
-    )
+    dev = accelerator.device
+    loss_sum = torch.zeros((), device=dev)
+    count = torch.zeros((), device=dev)
+    first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+    bad_loss = torch.zeros((), device=dev)
+    single = accelerator.num_processes == 1
+    bar = tqdm(loader, desc=desc, leave=False, disable=not (progress and accelerator.is_local_main_process))
     for step, batch in enumerate(bar):
         if limit_batches is not None and step >= limit_batches:
             break
-        x = normalize(batch["image"], channels_last=channels_last)
-        logits = model(x)
-        loss = F.cross_entropy(logits.float(), batch["target"])
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        optimizer.step()
-        loss_sum += loss.detach() * len(x)
+        images, target = batch["image"], batch["target"]
+        if parts.device_transform is not None:
+            images = parts.device_transform(images)
+        x = normalize(images, channels_last=channels_last)
+        if parts.mixer is not None:
+            x, target = parts.mixer(x, target)
+        with accelerator.accumulate(model):
+            logits = model(x, batch["target"]) if parts.needs_target else model(x)
+            loss = parts.loss_fn(logits, target)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and parts.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), parts.clip_grad)
+            parts.optimizer.step()
+            parts.optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            parts.schedule.after_step()
+            if parts.ema is not None:
+                parts.ema.update(accelerator.unwrap_model(model), step=parts.schedule.steps)
+        loss = loss.detach()
+        finite = torch.isfinite(loss)
+        newly_bad = (first_bad < 0) & ~finite
+        first_bad = torch.where(newly_bad, torch.as_tensor(step, device=dev), first_bad)
+        bad_loss = torch.where(newly_bad, loss.float(), bad_loss)
+        loss_sum += torch.where(finite, loss, torch.zeros_like(loss)) * len(x)
         count += len(x)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if single and first_bad.item() >= 0:
+                break  # stop early; reported below
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bad = int(accelerator.reduce(first_bad.float() + 1, "max").item())  # 0 = every loss finite
+    if bad > 0:
+        shown = f"{bad_loss.item()}" if first_bad.item() >= 0 else "non-finite on another process"
+        raise Diverged(f"loss {shown} at step {bad}")
     loss_sum, count = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(count, "sum")
     return {"train_loss": (loss_sum / count.clamp_min(1)).item()}
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator: Accelerator, channels_last: bool = True) -> dict[str, np.ndarray]:
+def predict(model, loader, accelerator: Accelerator, channels_last: bool = False) -> dict[str, np.ndarray]:
     """Softmax probabilities for every item of ``loader`` (gathered, no duplicates)."""
     model.eval()
     probs, targets, ids = [], [], []
@@ -151,10 +159,12 @@ def predict(model, loader, accelerator: Accelerator, channels_last: bool = True)
     }
 
 
-def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = True) -> tuple[dict, dict]:
+def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = False) -> tuple[dict, dict]:
     """Validation metrics (loss, top1, top5, gap) and the raw predictions."""
     out = predict(model, loader, accelerator, channels_last)
     labels, probs = out["labels"], out["probs"]
+    if not np.isfinite(probs).all():
+        raise Diverged("non-finite validation probabilities")
     known = labels >= 0
     metrics = {"val_loss": float("nan")}
     if known.any():
@@ -164,34 +174,52 @@ def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = True
     return metrics, out
 
 
-def save_checkpoint(
-    path, accelerator: Accelerator, model, optimizer=None, scheduler: HalveOnDrop | None = None, **extra
-) -> None:
-    """Atomic checkpoint (main process only): model, and optimizer + LR rule when given (for resume).
+def save_checkpoint(path, accelerator: Accelerator, weights: dict, optimizer=None, schedule=None, **extra) -> None:
+    """Atomic checkpoint (main process only): weights, and optimizer + schedule when given (resume).
 
     ``last.pt`` carries the optimizer so a run resumes exactly; ``best.pt`` only needs the
-    weights (its optimizer state would double the disk use: Adam keeps two moments per weight).
+    weights it predicts with (its optimizer state would double the disk use). A full disk or an
+    unwritable folder is one :class:`PipelineError` line; the previous file stays intact.
     """
     if not accelerator.is_main_process:
         return
-    state = {"model": accelerator.unwrap_model(model).state_dict(), **extra}
+    state = {"model": weights, **extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        state["scheduler"] = scheduler.state_dict()
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+    if schedule is not None:
+        state["scheduler"] = schedule.state_dict()
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+    except OSError as e:
+        why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise PipelineError(f"cannot write checkpoint {path}: {why} (the previous checkpoint is kept)") from None
 
 
-def load_checkpoint(
-    path, accelerator: Accelerator, model, optimizer=None, scheduler: HalveOnDrop | None = None
-) -> dict:
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    accelerator.unwrap_model(model).load_state_dict(state["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None:
-        scheduler.load_state_dict(state["scheduler"])
+def read_checkpoint(path) -> dict:
+    """``torch.load`` of a checkpoint with one error line when it is missing or corrupt."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise PipelineError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise PipelineError(
+            f"{path}: corrupt checkpoint ({reason}); delete it to restart that fold from the previous one"
+        ) from None
+
+
+def load_checkpoint(path, accelerator: Accelerator, model, optimizer=None, schedule=None) -> dict:
+    state = read_checkpoint(path)
+    try:
+        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(state["scheduler"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        reason = str(e).splitlines()[0][:200]
+        raise PipelineError(f"{path} does not fit this run's model/recipe ({reason})") from None
     return state
 
 

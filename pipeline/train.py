@@ -1,16 +1,29 @@
-"""Training stage: for each model and fold, fit with seed 001's recipe and write the run folder.
+"""Training stage: for each model and fold, fit the configured recipe and write the run folder.
 
-``runs/<experiment>/<model>/fold<k>/``: config.yaml, metrics.csv, curves.png, last.pt, best.pt,
-oof.npz (predictions of the best epoch on the held-out fold), test.npz, summary.json, DONE.
-A finished fold is skipped on rerun; an interrupted one resumes exactly from ``last.pt``: every
-epoch reseeds all generators from ``(seed, epoch)``, so a resumed run equals an uninterrupted one.
+``runs/<experiment>/<model>/fold<k>/``: config.yaml (the recipe and what it was trained on),
+metrics.csv, curves.png, train.log, last.pt, best.pt, oof.npz (the best epoch's predictions on
+the held-out fold), test.npz (and nonlandmark.npz when prep made a non-landmark pool),
+per-class analysis, summary.json and DONE (written last).
+
+:func:`fit` reads in three pieces: :func:`build_run` (data, model and the recipe's parts from
+the factories), :func:`train_epochs` (the epoch loop, checkpoints) and :func:`finish_run`
+(predictions of the best epoch, summary, DONE). A finished fold is skipped on rerun; an
+interrupted one resumes exactly from ``last.pt`` (every epoch reseeds all generators from
+``(seed, epoch)``). A run folder is tied to its recipe and to the prep and fold file it was
+trained on: a change of either is refused with one line instead of silently mixing results.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import logging
+import math
+import sys
 import time
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,33 +31,70 @@ import pandas as pd
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from common import schema
-from common.errors import ConfigError, PipelineError
-from common.io import atomic_write, write_csv, write_json, write_yaml
+from common.errors import ConfigError, DataError, PipelineError
+from common.io import cleanup_temp_files, write_csv, write_json, write_yaml
+from common.lock import folder_lock
 from pipeline.config import TrainConfig
-from pipeline.data import build_dataset, build_eval_transform, build_train_transform, fold_rows, make_loader
+from pipeline.data import fold_rows
+
+try:  # TEMPORARY until the batched input path lands in pipeline.data
+    from pipeline.data import build_eval_loader, build_train_input
+except ImportError:
+    from pipeline._input_shim import build_eval_loader, build_train_input
 from pipeline.engine import (
-    HalveOnDrop,
+    Diverged,
+    StepParts,
     evaluate,
     load_checkpoint,
     predict,
+    read_checkpoint,
     resolve_channels_last,
     resolve_mixed_precision,
     save_checkpoint,
     train_one_epoch,
 )
-from pipeline.models import check_input_size, create_model
-from pipeline.plots import plot_curves
+from pipeline.factories import CHECKPOINT_METRICS, build_loss, build_optimizer, build_schedule, is_better
+from pipeline.models import check_input_size, create_model, model_info
+from pipeline.predfile import save_predictions
 
 log = logging.getLogger(__name__)
 
+HEAD_KEYS = ("pool", "neck", "embedding_size", "head", "arcface_s", "arcface_m", "subcenters", "dynamic_margin",
+             "margin_min")  # fmt: skip
 
-def build_model(cfg: TrainConfig, name: str, num_classes: int, channels_last: bool = False) -> torch.nn.Module:
+
+# ------------------------------------------------------------------------------------ the model
+
+
+def _head_kwargs(cfg: TrainConfig) -> dict:
+    """Head options for create_model; nothing when they are all defaults (today's plain models)."""
+    defaults = TrainConfig()
+    kw = {k: getattr(cfg, k) for k in HEAD_KEYS}
+    return {} if all(kw[k] == getattr(defaults, k) for k in HEAD_KEYS) else kw
+
+
+def build_model(
+    cfg: TrainConfig,
+    name: str,
+    num_classes: int,
+    channels_last: bool = False,
+    class_counts: list[int] | None = None,
+) -> torch.nn.Module:
+    """The network of a run: backbone (registry or ``timm:<name>``), head options, freezing."""
     check_input_size(name, cfg.img_size, cfg.small_input)
+    head = _head_kwargs(cfg)
+    if head.get("dynamic_margin"):
+        head["class_counts"] = class_counts
     model = create_model(
-        name, num_classes=num_classes, pretrained=cfg.use_pretrained, small_input=cfg.small_input, **cfg.model_kwargs
+        name,
+        num_classes=num_classes,
+        pretrained=cfg.use_pretrained,
+        small_input=cfg.small_input,
+        **head,
+        **cfg.model_kwargs,
     )
     if cfg.freeze_backbone:
         from pipeline.models.utils import freeze_backbone
@@ -55,193 +105,623 @@ def build_model(cfg: TrainConfig, name: str, num_classes: int, channels_last: bo
     return model
 
 
-def _save_predictions(path: Path, rows: pd.DataFrame, out: dict) -> None:
-    order = np.argsort(out["index"], kind="stable")
-    with atomic_write(path, "wb") as f:
-        np.savez(
-            f,
-            ids=rows["id"].to_numpy()[out["index"][order]].astype(str),
-            probs=out["probs"][order],
-            labels=out["labels"][order],
+def init_weights_from(model: torch.nn.Module, source: str, runs_root: str) -> list[str]:
+    """Load ``source`` (a .pt file or a run folder: its best.pt) into ``model`` before training.
+
+    Progressive resizing and fine-tuning start from another run's weights. Tensors whose shape
+    differs (the classifier of another class count) are left at their fresh initialisation and
+    named in the log; any other missing or extra key is one error line (not the same network).
+    Returns the names of the re-initialised tensors.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / schema.RUN_BEST
+    elif not path.exists() and (Path(runs_root) / source).is_dir():
+        path = Path(runs_root) / source / schema.RUN_BEST
+    state = read_checkpoint(path)
+    weights = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise PipelineError(f"init_from={source}: {path} holds no state dict")
+    own = model.state_dict()
+    skipped = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in weights]
+    extra = [k for k in weights if k not in own]
+    if missing or extra:
+        first = (missing or extra)[0]
+        raise PipelineError(
+            f"init_from={source}: {path} is another network ({len(missing)} missing, {len(extra)} unexpected "
+            f"tensors, first: '{first}')"
         )
+    model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=False)
+    if skipped:
+        log.info("init_from %s: re-initialised %s (shape differs: another class count)", path, ", ".join(skipped))
+    else:
+        log.info("init_from %s: all %d tensors loaded", path, len(weights))
+    return skipped
 
 
-def check_same_recipe(out: Path, cfg: TrainConfig) -> dict | None:
-    """The config a run folder was made with; a :class:`PipelineError` if the recipe differs.
+# ------------------------------------------------------------------------------ run identity
 
-    Continuing a finished or interrupted fold is only exact with the same recipe; a changed one
-    would silently mix results, so it must go to a new ``experiment`` (or the folder be deleted).
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+
+
+def ensure_fold_file(cfg: TrainConfig) -> Path:
+    """The fold file of the config; made (like ``make folds``) when it does not exist yet."""
+    path = schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed)
+    if not path.is_file() and any(f >= 0 for f in cfg.folds):
+        from data_prep.config import FoldsConfig
+        from data_prep.folds import run_folds
+
+        names = {f.name for f in dataclasses.fields(FoldsConfig)}
+        seed_key = "fold_seed" if "fold_seed" in names else "seed"
+        log.info("%s does not exist: making it (as 'make folds' would)", path)
+        run_folds(
+            FoldsConfig(
+                **{
+                    "dataset": cfg.dataset,
+                    "data_root": cfg.data_root,
+                    "folds_dir": cfg.folds_dir,
+                    "k": cfg.k,
+                    seed_key: cfg.fold_seed,
+                }
+            )
+        )
+    return path
+
+
+def prep_identity(cfg: TrainConfig, fold: int) -> dict:
+    """What a run is trained on: the prep (fingerprint, label map, image size) and the fold file."""
+    data_dir = Path(cfg.data_root) / cfg.dataset
+    label_map = schema.read_label_map(data_dir)
+    prep_cfg: dict = {}
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        prep_cfg = yaml.safe_load((data_dir / schema.PREP_CONFIG).read_text()) or {}
+    ident = {
+        "fingerprint": schema.prep_fingerprint(data_dir),
+        "label_map_sha": schema.label_map_sha(label_map),
+        "num_classes": len(label_map),
+        "image_size": prep_cfg.get("image_size"),
+        "resize_mode": prep_cfg.get("resize_mode"),
+    }
+    if fold >= 0:
+        ident["folds_sha"] = _file_sha(schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed))
+    return ident
+
+
+_WHAT = {"fingerprint": "the prep (data/<dataset> was re-prepped)", "label_map_sha": "the label map",
+         "folds_sha": "the fold file", "num_classes": "the number of classes"}  # fmt: skip
+
+
+def check_run_folder(out: Path, cfg: TrainConfig, ident: dict) -> dict | None:
+    """The config a run folder was made with; one :class:`PipelineError` line if it cannot continue.
+
+    Continuing (resume, skip, more epochs) is only right with the same recipe and the same data:
+    a changed recipe key, another prep, label map or fold file would silently mix results.
     """
     path = out / schema.RUN_CONFIG
     if not path.is_file():
         return None
-    saved = yaml.safe_load(path.read_text()) or {}
+    try:
+        saved = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise PipelineError(f"{path}: unreadable run config; delete {out} to retrain that fold") from None
+    defaults = asdict(TrainConfig())
     new = asdict(cfg)
-    recipe = set(TrainConfig.recipe_keys())
-    diff = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in new.items() if k in recipe and saved.get(k, v) != v]
+    diff = [
+        f"{k}: {saved.get(k, defaults[k])!r} -> {new[k]!r}"
+        for k in TrainConfig.recipe_keys()
+        if saved.get(k, defaults[k]) != new[k]
+    ]
     if diff:
         raise PipelineError(
             f"{out} was trained with another recipe ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); "
             "use another experiment=NAME or delete that folder"
         )
+    old = saved.get("prep") or {}
+    changed = [k for k in _WHAT if k in old and k in ident and old[k] != ident[k]]
+    if changed:
+        what = "; ".join(f"{_WHAT[k]}: {old[k]} -> {ident[k]}" for k in changed)
+        raise PipelineError(
+            f"{out} was trained on other data ({what}); retrain it into another experiment=NAME "
+            "(or delete that folder) instead of mixing data sets"
+        )
+    for key, now in (("threads", torch.get_num_threads()), ("num_workers", cfg.num_workers)):
+        if key in saved and saved[key] != now:
+            log.warning(
+                "%s: resumed with %s=%s (trained with %s): the result will differ from an uninterrupted run",
+                out,
+                key,
+                now,
+                saved[key],
+            )
     return saved
 
 
-def fit(cfg: TrainConfig, model_name: str, fold: int, accelerator: Accelerator | None = None) -> dict:
-    """Train one model on one fold; returns the run summary (also in summary.json).
+@contextlib.contextmanager
+def run_lock(out: Path, accelerator: Accelerator) -> Iterator[None]:
+    """One process group per run folder; a second one gets one line naming the holder."""
+    error, lock = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = folder_lock(out, "training")
+            lock.__enter__()
+        except PermissionError as e:
+            error = f"cannot write the run folder {out}: {e.strerror}"
+        except PipelineError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        error = broadcast_object_list([error])[0]  # every rank stops, none waits in a collective
+    if error:
+        raise PipelineError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
-    A finished fold is skipped; with more ``epochs`` than it was trained for, it continues from
-    ``last.pt``. A fold trained with another recipe is an error (see :func:`check_same_recipe`).
-    """
+
+@contextlib.contextmanager
+def run_log(out: Path, accelerator: Accelerator) -> Iterator[None]:
+    """Copy this process's log lines to ``<run>/train.log`` (main process; appended on resume)."""
+    if not accelerator.is_main_process:
+        yield
+        return
+    handler = logging.FileHandler(out / schema.RUN_LOG, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+@dataclass
+class Run:
+    """Everything one (model, fold) trains with, built once by :func:`build_run`."""
+
+    cfg: TrainConfig
+    model_name: str
+    fold: int
+    out: Path
+    ident: dict
+    label_map: pd.DataFrame
+    rows: dict[str, pd.DataFrame]  # train, val, test (+ nonlandmark)
+    model: torch.nn.Module
+    parts: StepParts
+    train_input: object  # pipeline.data.TrainInput
+    loaders: dict  # val, test (+ nonlandmark): prepared eval loaders
+    channels_last: bool
+    info: dict = field(default_factory=dict)  # params, macs, input path
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model_name}/{'holdout' if self.fold < 0 else f'fold{self.fold}'}"
+
+
+@dataclass
+class RunState:
+    """What the epoch loop carries from epoch to epoch (and ``last.pt`` stores)."""
+
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": -1, "value": None})
+
+
+def load_rows(cfg: TrainConfig, fold: int, label_map: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Train/val rows of the fold, test rows (and the non-landmark pool), checked against the label map."""
     data_dir = Path(cfg.data_root) / cfg.dataset
-    out = schema.run_dir(cfg.runs_root, cfg.experiment, model_name, fold)
-    saved = check_same_recipe(out, cfg) if cfg.resume else None
-    if cfg.resume and (out / schema.RUN_DONE).is_file():
-        if saved and saved.get("epochs", cfg.epochs) >= cfg.epochs:
-            log.info("%s: already finished, skipped (delete the folder to retrain)", out)
-            return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
-        log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
-        (out / schema.RUN_DONE).unlink()
-    accelerator = accelerator or Accelerator(
-        mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu
-    )
-    labels = schema.read_label_map(data_dir)
-    folds_file = schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed)
-    train_rows, val_rows = fold_rows(data_dir, folds_file, fold)
-    test_rows = schema.read_manifest(data_dir, "test")
+    if fold >= 0:
+        path = ensure_fold_file(cfg)
+        schema.read_folds(path, cfg.k, schema.read_manifest(data_dir, "train")["id"])
+    train, val = fold_rows(data_dir, schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed), fold)
+    rows = {"train": train, "val": val, "test": schema.read_manifest(data_dir, "test")}
+    if schema.manifest_path(data_dir, schema.NONLANDMARK).is_file():
+        rows[schema.NONLANDMARK] = schema.read_manifest(data_dir, schema.NONLANDMARK)
+    n = len(label_map)
+    for split, df in rows.items():
+        labels = df["label"].to_numpy()
+        allowed = (labels >= 0) & (labels < n)
+        if split in ("test", schema.NONLANDMARK):  # may hold rows without a known class
+            allowed |= np.isin(labels, (schema.NON_LANDMARK, schema.OTHER_LANDMARK, schema.UNLABELLED))
+        if not allowed.all():
+            i = int((~allowed).nonzero()[0][0])
+            raise DataError(
+                f"{schema.manifest_path(data_dir, 'train' if split == 'val' and fold >= 0 else split)}: id "
+                f"'{df['id'].iloc[i]}' has label {labels[i]}, outside 0..{n - 1} of {data_dir / schema.LABEL_MAP} "
+                "(manifests and label map are from different preps: rerun 'make prep')"
+            )
+    return rows
 
+
+def _profile(model: torch.nn.Module, img_size: int) -> dict:
+    from pipeline.models.profile import count_macs, count_params
+
+    info = {"params": count_params(model), "trainable_params": count_params(model, trainable_only=True)}
+    try:
+        info["macs"] = count_macs(model, img_size)
+    except Exception as e:  # noqa: BLE001 - a size report must never stop training
+        log.debug("MACs not counted: %s", e)
+    return info
+
+
+def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerator: Accelerator, ident: dict) -> Run:
+    """Data, model and the recipe's parts (optimizer, schedule, loss, mixup, EMA), prepared by Accelerate."""
+    try:
+        from pipeline.augment import build_mixer
+    except ImportError:
+        from pipeline._input_shim import build_mixer
+
+    data_dir = Path(cfg.data_root) / cfg.dataset
+    label_map = schema.read_label_map(data_dir)
+    rows = load_rows(cfg, fold, label_map)
     channels_last = resolve_channels_last(cfg.channels_last, cfg.cpu)
-    set_seed(cfg.seed)
-    model = build_model(cfg, model_name, len(labels), channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    train_tf = build_train_transform(cfg.img_size, cfg.hflip, cfg.color_jitter, cfg.crop_padding)
-    train_ds = build_dataset(data_dir, train_rows, train_tf, cfg.cache)
-    eval_tf = build_eval_transform(cfg.img_size)
-    train_loader = make_loader(train_ds, cfg.batch_size, True, cfg.num_workers, cfg.seed)
-    generator = train_loader.generator
-    val_loader = make_loader(
-        build_dataset(data_dir, val_rows, eval_tf, cfg.cache), cfg.batch_size, False, cfg.num_workers
-    )
-    test_loader = make_loader(
-        build_dataset(data_dir, test_rows, eval_tf, cfg.cache), cfg.batch_size, False, cfg.num_workers
-    )
-    model, optimizer, train_loader, val_loader, test_loader = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, test_loader
-    )
-    scheduler = HalveOnDrop(optimizer, cfg.lr_factor, enabled=cfg.schedule == "halve_on_drop")
+    counts = rows["train"]["label"].value_counts().reindex(range(len(label_map)), fill_value=0).tolist()
 
-    history: list[dict] = []
-    best = {"epoch": -1, "val_top1": -1.0}
-    start = 0
-    if cfg.resume and (out / schema.RUN_LAST).is_file():
-        state = load_checkpoint(out / schema.RUN_LAST, accelerator, model, optimizer, scheduler)
-        start, history, best = state["epoch"], state["history"], state["best"]
-        log.info("%s: resuming after epoch %d", out, start)
+    set_seed(cfg.seed)  # weights are a function of the seed alone
+    model = build_model(cfg, model_name, len(label_map), channels_last, class_counts=counts)
+    if cfg.init_from:
+        init_weights_from(model, cfg.init_from, cfg.runs_root)
+    info = _profile(model, cfg.img_size)
+    if cfg.sync_bn and accelerator.num_processes > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg)
+    train_input = build_train_input(data_dir, rows["train"], cfg)
+    eval_names = [s for s in ("val", "test", schema.NONLANDMARK) if s in rows]
+    eval_loaders = [build_eval_loader(data_dir, rows[s], cfg) for s in eval_names]
+    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_input.loader, *eval_loaders)
+    train_input.loader = train_loader
+    batches = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader), cfg.limit_train_batches)
+    accelerator.gradient_accumulation_steps = cfg.accumulate
+    schedule = build_schedule(optimizer, cfg, math.ceil(batches / cfg.accumulate))
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay)
+    parts = StepParts(
+        optimizer=optimizer,
+        loss_fn=build_loss(cfg),
+        schedule=schedule,
+        mixer=build_mixer(cfg, len(label_map)),
+        device_transform=train_input.device_transform,
+        ema=ema,
+        clip_grad=cfg.clip_grad,
+        needs_target=bool(getattr(accelerator.unwrap_model(model), "needs_target", False)),
+    )
+    info["input_path"] = train_input.path
+    return Run(
+        cfg, model_name, fold, out, ident, label_map, rows, model, parts, train_input,
+        dict(zip(eval_names, prepared)), channels_last, info,
+    )  # fmt: skip
+
+
+def _eval_model(run: Run, accelerator: Accelerator) -> torch.nn.Module:
+    """The weights that are evaluated and saved as best: the EMA when it is on."""
+    return run.parts.ema.module if run.parts.ema is not None else run.model
+
+
+def _weights(run: Run, accelerator: Accelerator) -> dict:
+    return accelerator.unwrap_model(_eval_model(run, accelerator)).state_dict()
+
+
+def resume_state(run: Run, accelerator: Accelerator) -> RunState:
+    """The state after the last finished epoch (``last.pt``), or a fresh one."""
+    path = run.out / schema.RUN_LAST
+    if not (run.cfg.resume and path.is_file()):
+        return RunState()
+    state = load_checkpoint(path, accelerator, run.model, run.parts.optimizer, run.parts.schedule)
+    if run.parts.ema is not None:
+        if "ema" not in state:
+            raise PipelineError(f"{path} has no EMA weights: it was written without ema=true")
+        run.parts.ema.module.load_state_dict(state["ema"])
+    best = state["best"]
+    if "value" not in best:  # checkpoints written before checkpoint_metric existed
+        best = {"epoch": best["epoch"], "value": best.get("val_top1")}
+    log.info("%s: resuming after epoch %d", run.out, state["epoch"])
+    return RunState(state["epoch"], state["history"], best)
+
+
+def write_run_config(run: Run, accelerator: Accelerator) -> None:
     if accelerator.is_main_process:
         write_yaml(
-            out / schema.RUN_CONFIG,
+            run.out / schema.RUN_CONFIG,
             {
-                **asdict(cfg),
-                "model": model_name,
-                "fold": fold,
-                "num_classes": len(labels),
+                **asdict(run.cfg),
+                "model": run.model_name,
+                "fold": run.fold,
+                "num_classes": len(run.label_map),
                 "resolved_mixed_precision": accelerator.mixed_precision,
-                "resolved_channels_last": channels_last,
+                "resolved_channels_last": run.channels_last,
                 "device": str(accelerator.device),
                 "processes": accelerator.num_processes,
+                "threads": torch.get_num_threads(),
+                "resolved_input_path": run.train_input.path,
+                "prep": run.ident,
             },
         )
-    tag = f"{model_name}/{'holdout' if fold < 0 else f'fold{fold}'}"
-    for epoch in range(start, cfg.epochs):
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+class Progress:
+    """ETA over the whole run (all models x folds): ``model fold k: epoch e/E, elapsed, ETA``."""
+
+    def __init__(self, total_epochs: int) -> None:
+        self.total = max(1, total_epochs)
+        self.done = 0  # epochs finished (or skipped) so far
+        self.trained = 0  # epochs trained in this process (for the rate)
+        self.start = time.time()
+
+    def skip(self, epochs: int) -> None:
+        self.done += epochs
+
+    def line(self, run: Run, epoch: int) -> str:
+        self.done += 1
+        self.trained += 1
+        elapsed = time.time() - self.start
+        eta = elapsed / self.trained * (self.total - self.done)
+        fold = "holdout" if run.fold < 0 else f"fold {run.fold}"
+        return (
+            f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, elapsed {_hms(elapsed)}, "
+            f"ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs)"
+        )
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: Progress | None = None) -> RunState:
+    """Epochs ``state.epoch + 1 .. cfg.epochs``: train, validate, step the schedule, checkpoint."""
+    from pipeline.plots import plot_curves
+
+    cfg, out = run.cfg, run.out
+    metric_key = CHECKPOINT_METRICS[cfg.checkpoint_metric][0]
+    show_bars = cfg.progress and sys.stderr.isatty()
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.time()
         set_seed(cfg.seed + 1000 * (epoch + 1))  # augmentation and dropout: a function of (seed, epoch)
-        generator.manual_seed(cfg.seed + epoch)  # shuffle order: same
-        row = {"epoch": epoch + 1, "lr": scheduler.lr}
-        row.update(
-            train_one_epoch(
-                model,
-                train_loader,
-                optimizer,
-                accelerator,
-                channels_last,
-                cfg.limit_train_batches,
-                cfg.progress,
-                desc=f"{tag} {epoch + 1}/{cfg.epochs}",
+        run.train_input.set_epoch(epoch)  # shuffle order and the input path's own generators: same
+        row = {"epoch": epoch + 1, "lr": run.parts.schedule.lr}
+        try:
+            row.update(
+                train_one_epoch(
+                    run.model,
+                    run.train_input.loader,
+                    run.parts,
+                    accelerator,
+                    run.channels_last,
+                    cfg.limit_train_batches,
+                    show_bars,
+                    desc=f"{run.tag} {epoch + 1}/{cfg.epochs}",
+                )
             )
-        )
-        metrics, _ = evaluate(model, val_loader, accelerator, channels_last)
+            metrics, _ = evaluate(_eval_model(run, accelerator), run.loaders["val"], accelerator, run.channels_last)
+        except Diverged as e:
+            raise PipelineError(
+                f"{run.tag}: training diverged in epoch {epoch + 1} ({e}) at lr {row['lr']:.3g}; "
+                "the fold is not marked DONE (lower lr, add warm-up or gradient clipping)"
+            ) from None
         row.update(metrics)
         row["seconds"] = round(time.time() - t0, 1)
-        scheduler.step(row["val_top1"])
-        history.append(row)
-        is_best = row["val_top1"] > best["val_top1"]
+        run.parts.schedule.after_epoch(metrics)
+        state.history.append(row)
+        value = row.get(metric_key)
+        is_best = is_better(cfg.checkpoint_metric, value, state.best["value"]) or state.best["epoch"] < 0
         if is_best:
-            best = {"epoch": epoch + 1, "val_top1": row["val_top1"]}
-        extra = {"epoch": epoch + 1, "history": history, "best": best, "config": asdict(cfg)}
+            state.best = {"epoch": epoch + 1, "value": value}
+        state.epoch = epoch + 1
+        extra = {"epoch": state.epoch, "history": state.history, "best": state.best, "config": asdict(cfg)}
         if is_best:
-            save_checkpoint(out / schema.RUN_BEST, accelerator, model, **extra)
-        save_checkpoint(out / schema.RUN_LAST, accelerator, model, optimizer, scheduler, **extra)
+            save_checkpoint(out / schema.RUN_BEST, accelerator, _weights(run, accelerator), **extra)
+        if run.parts.ema is not None:
+            extra["ema"] = run.parts.ema.module.state_dict()
+        model_weights = accelerator.unwrap_model(run.model).state_dict()
+        save_checkpoint(
+            out / schema.RUN_LAST, accelerator, model_weights, run.parts.optimizer, run.parts.schedule, **extra
+        )
         if accelerator.is_main_process:
-            hist = pd.DataFrame(history)
+            hist = pd.DataFrame(state.history)
             write_csv(out / schema.RUN_METRICS, hist)
-            plot_curves(hist, out / schema.RUN_CURVES, f"{cfg.experiment}: {tag}")
+            title = f"{cfg.experiment}: {run.tag}"
+            try:
+                plot_curves(hist, out / schema.RUN_CURVES, title, best_epoch=state.best["epoch"])
+            except TypeError:  # TEMPORARY: until plot_curves takes best_epoch
+                plot_curves(hist, out / schema.RUN_CURVES, title)
         log.info(
-            "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f lr %.2e (%.1fs)",
-            tag,
+            "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)",
+            run.tag,
             epoch + 1,
             cfg.epochs,
             row["train_loss"],
             row["val_loss"],
-            row["val_top1"],
-            row["val_top5"],
+            row.get("val_top1", float("nan")),
+            row.get("val_top5", float("nan")),
+            row.get("val_gap", float("nan")),
             row["lr"],
             row["seconds"],
         )
+        if progress is not None:
+            log.info(progress.line(run, epoch + 1))
+        if cfg.log_with != "none":
+            accelerator.log({f"{run.tag}/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
         accelerator.wait_for_everyone()
+    return state
 
-    # predictions of the best epoch: out-of-fold (validation rows) and test
-    load_checkpoint(out / schema.RUN_BEST, accelerator, model)
-    val_metrics, val_out = evaluate(model, val_loader, accelerator, channels_last)
-    test_out = predict(model, test_loader, accelerator, channels_last)
+
+# -------------------------------------------------------------------------------- finishing
+
+
+def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict) -> None:
+    order = np.argsort(out["index"], kind="stable")
+    name = schema.RUN_OOF if manifest == "oof" else schema.pred_file(manifest)
+    save_predictions(
+        run.out / name,
+        ids=rows["id"].to_numpy()[out["index"][order]].astype(str),
+        probs=out["probs"][order],
+        labels=out["labels"][order],
+        meta={"manifest": manifest, "model": run.model_name, "fold": run.fold, "tta": None, **run.ident},
+    )
+
+
+def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
+    """Predictions of the best epoch (OOF, test, non-landmark pool), analysis, summary, DONE."""
+    load_checkpoint(run.out / schema.RUN_BEST, accelerator, run.model)
+    val_metrics, val_out = evaluate(run.model, run.loaders["val"], accelerator, run.channels_last)
+    preds = {"oof": (run.rows["val"], val_out)}
+    for manifest in ("test", schema.NONLANDMARK):
+        if manifest in run.loaders:
+            preds[manifest] = (run.rows[manifest], predict(run.model, run.loaders[manifest], accelerator,
+                                                           run.channels_last))  # fmt: skip
+    seconds = [r["seconds"] for r in state.history]
     summary = {
-        "model": model_name,
-        "fold": fold,
-        "best_epoch": best["epoch"],
+        "model": run.model_name,
+        "fold": run.fold,
+        "best_epoch": state.best["epoch"],
+        "checkpoint_metric": run.cfg.checkpoint_metric,
         **val_metrics,
-        "epochs": cfg.epochs,
-        "seconds": round(sum(r["seconds"] for r in history), 1),
-        "train_images": len(train_rows),
-        "val_images": len(val_rows),
+        "epochs": run.cfg.epochs,
+        "seconds": round(sum(seconds), 1),
+        "seconds_per_epoch": round(float(np.median(seconds)), 2) if seconds else None,
+        "train_images": len(run.rows["train"]),
+        "val_images": len(run.rows["val"]),
+        "img_size": run.cfg.img_size,
+        "precision": accelerator.mixed_precision,
+        "device": str(accelerator.device),
+        "processes": accelerator.num_processes,
+        **run.info,
     }
     if accelerator.is_main_process:
-        _save_predictions(out / schema.RUN_OOF, val_rows.reset_index(drop=True), val_out)
-        _save_predictions(out / schema.RUN_TEST, test_rows.reset_index(drop=True), test_out)
-        write_json(out / schema.RUN_SUMMARY, summary)
-        (out / schema.RUN_DONE).write_text("ok\n")
+        for manifest, (rows, out) in preds.items():
+            _save_predictions(run, manifest, rows.reset_index(drop=True), out)
+        _analysis(run, val_out)
+        write_json(run.out / schema.RUN_SUMMARY, summary)
+        (run.out / schema.RUN_DONE).write_text("ok\n")
     accelerator.wait_for_everyone()
+    return summary
+
+
+def _analysis(run: Run, val_out: dict) -> None:
+    """Per-class accuracy and confusion matrix of the OOF predictions (best effort: never fails a run)."""
+    try:
+        from pipeline.analysis import write_run_analysis
+    except ImportError:
+        return
+    order = np.argsort(val_out["index"], kind="stable")
+    try:
+        write_run_analysis(run.out, val_out["probs"][order], val_out["labels"][order], run.label_map)
+    except Exception as e:  # noqa: BLE001 - figures are a report, the predictions are written already
+        log.warning("%s: per-class analysis not written (%s)", run.out, e)
+
+
+# ------------------------------------------------------------------------------------ the stage
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    kw = {}
+    if cfg.log_with != "none":
+        kw = {"log_with": cfg.log_with, "project_dir": str(Path(cfg.runs_root) / cfg.experiment)}
+    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu, **kw)
+
+
+def fit(
+    cfg: TrainConfig,
+    model_name: str,
+    fold: int,
+    accelerator: Accelerator | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Train one model on one fold; returns the run summary (also in summary.json).
+
+    A finished fold is skipped; with more ``epochs`` than it was trained for, it continues from
+    ``last.pt``. A fold trained with another recipe or on other data is an error.
+    """
+    accelerator = accelerator or make_accelerator(cfg)
+    out = schema.run_dir(cfg.runs_root, cfg.experiment, model_name, fold)
+    data_dir = Path(cfg.data_root) / cfg.dataset
+    schema.read_label_map(data_dir)  # a missing prep is one line before anything is created
+    if fold >= 0:
+        ensure_fold_file(cfg)
+    with run_lock(out, accelerator):
+        if accelerator.is_main_process:
+            cleanup_temp_files(out)  # half checkpoints of a killed write
+        ident = prep_identity(cfg, fold)
+        saved = check_run_folder(out, cfg, ident) if cfg.resume else None
+        if cfg.resume and (out / schema.RUN_DONE).is_file():
+            if saved and saved.get("epochs", cfg.epochs) >= cfg.epochs:
+                log.info("%s: already finished, skipped (delete the folder to retrain)", out)
+                if progress is not None:
+                    progress.skip(cfg.epochs)
+                return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
+            log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                (out / schema.RUN_DONE).unlink()
+        with run_log(out, accelerator):
+            run = build_run(cfg, model_name, fold, out, accelerator, ident)
+            state = resume_state(run, accelerator)
+            if progress is not None:
+                progress.skip(state.epoch)
+            write_run_config(run, accelerator)
+            log.info(
+                "%s: %s, %s params, input path %s, %s on %s",
+                run.tag,
+                cfg.optimizer,
+                f"{run.info['params']:,}",
+                run.train_input.path,
+                accelerator.mixed_precision,
+                accelerator.device,
+            )
+            state = train_epochs(run, state, accelerator, progress)
+            summary = finish_run(run, state, accelerator)
     accelerator.free_memory()  # drop references to this fold's model/optimizer/loaders
     return summary
 
 
-def run_train(cfg: TrainConfig) -> list[dict]:
-    """Every (model, fold) of the config, one after the other, on one Accelerator."""
-    from pipeline.models import model_info
-
-    for name in cfg.models:  # fail fast on a bad name or setting, before hours of training
+def check_models(cfg: TrainConfig) -> None:
+    """Fail fast on a bad name or setting, before hours of training."""
+    for name in cfg.models:
         model_info(name)
         m_cfg = cfg.for_model(name)
         check_input_size(name, m_cfg.img_size, m_cfg.small_input)
+        if m_cfg.mixup + m_cfg.cutmix > 0 and m_cfg.head != "linear":
+            raise ConfigError(f"train: {name}: mixup/cutmix need hard targets, head={m_cfg.head} cannot use them")
     unknown = sorted(set(cfg.model_overrides) - set(cfg.models))
     if unknown:
         log.warning("model_overrides for model(s) not in 'models' are unused: %s", unknown)
-    if cfg.img_size < 8:
-        raise ConfigError("train: img_size must be >= 8")
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu)
+    if cfg.log_with != "none":
+        import importlib.util
+
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[cfg.log_with]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"train: log_with={cfg.log_with} needs the '{module}' package (pip install {module})")
+
+
+def run_train(cfg: TrainConfig) -> list[dict]:
+    """Every (model, fold) of the config, one after the other, on one Accelerator."""
+    check_models(cfg)
+    accelerator = make_accelerator(cfg)
+    if cfg.log_with != "none":
+        flat = {k: (str(v) if isinstance(v, (list, dict)) else v) for k, v in asdict(cfg).items()}
+        accelerator.init_trackers(cfg.experiment, config={k: v for k, v in flat.items() if v is not None})
+    progress = Progress(sum(cfg.for_model(n).epochs for n in cfg.models) * len(cfg.folds))
     results = []
-    for name in cfg.models:
-        for fold in cfg.folds:
-            results.append(fit(cfg.for_model(name), name, fold, accelerator))
+    try:
+        for name in cfg.models:
+            for fold in cfg.folds:
+                results.append(fit(cfg.for_model(name), name, fold, accelerator, progress))
+    finally:
+        if cfg.log_with != "none":
+            accelerator.end_training()
     return results
 
 

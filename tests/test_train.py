@@ -10,7 +10,8 @@ import torch
 from common import schema
 from common.errors import DataError, PipelineError
 from pipeline.config import TrainConfig
-from pipeline.engine import HalveOnDrop, next_lr, resolve_mixed_precision
+from pipeline.engine import resolve_mixed_precision
+from pipeline.factories import HalveOnDrop, next_lr
 from pipeline.train import fit, run_train
 
 
@@ -42,21 +43,18 @@ def test_next_lr_is_seed_001_rule():
 
 def test_halve_on_drop_compares_with_previous_epoch_not_best():
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = HalveOnDrop(opt)
+    cfg = TrainConfig(lr=1.0)
+    sched = HalveOnDrop(opt, cfg, steps_per_epoch=10)
     lrs = []
     for acc in [0.5, 0.6, 0.55, 0.58, 0.57, 0.59]:
-        sched.step(acc)
+        sched.after_epoch({"val_top1": acc})
         lrs.append(opt.param_groups[0]["lr"])
     # 0.58 < best 0.6 but > previous 0.55: no halving (ReduceLROnPlateau would halve here)
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     state = sched.state_dict()
-    other = HalveOnDrop(opt)
+    other = HalveOnDrop(opt, cfg, steps_per_epoch=10)
     other.load_state_dict(state)
-    assert other.prev == 0.59
-    off = HalveOnDrop(opt, enabled=False)
-    off.step(0.9)
-    off.step(0.1)
-    assert opt.param_groups[0]["lr"] == 0.25
+    assert other.prev == 0.59 and other.base_lr == 0.25
 
 
 def test_mixed_precision_resolution():
@@ -138,9 +136,9 @@ def test_bad_inputs_fail_before_training(tiny_data, tmp_path):
         run_train(tiny_train_config(tiny_data, tmp_path, models=["resnt18"]))
     with pytest.raises(PipelineError, match="needs inputs of at least"):
         run_train(tiny_train_config(tiny_data, tmp_path, models=["inception_v3"], img_size=32))
-    with pytest.raises(DataError, match="fold file not found"):
-        fit(tiny_train_config(tiny_data, tmp_path, k=4), "simple_cnn", 0)
-    assert not (tmp_path / "t" / "simple_cnn" / "fold0" / schema.RUN_LAST).exists()
+    with pytest.raises(DataError, match="label map not found"):
+        fit(tiny_train_config(tiny_data, tmp_path, dataset="absent"), "simple_cnn", 0)
+    assert not (tmp_path / "t" / "simple_cnn" / "fold0").exists()
 
 
 def test_crop_padding_shifts_small_images():
