@@ -1,8 +1,11 @@
 """One config dataclass per stage, loaded from YAML experiment files plus CLI overrides.
 
-An experiment file holds one section per stage (``prep:``, ``folds:``, ``train:``,
-``ensemble:``) and may start from another file with ``base: other.yaml`` (path relative to
-the file); only what changes needs to be written. Overrides come as ``key=value`` strings.
+An experiment file holds one section per stage (``prep:``, ``folds:``, ``train:``, ``predict:``,
+``ensemble:``, ``export:``) plus ``common:`` for the values several stages share (dataset,
+experiment, k, fold_seed, paths: stated once). It may start from other files with
+``base: other.yaml`` (or a list; paths relative to the file); only what changes needs to be
+written, and a file's keys beat everything it inherits. Several files can also be given in
+order (``--config data.yaml --config recipe.yaml``). Overrides come as ``key=value`` strings.
 An unknown key anywhere is a :class:`ConfigError` naming the key, the file and close matches;
 the resolved config is saved next to every output (:func:`config_to_dict`).
 """
@@ -35,6 +38,10 @@ def opt(default: Any = dataclasses.MISSING, *, help: str = "", recipe: bool = Tr
     return dataclasses.field(default=default, metadata=meta)
 
 
+# values several stages share, stated once in an experiment file's ``common:`` section
+SHARED_KEYS = ("dataset", "data_root", "folds_dir", "runs_root", "experiment", "k", "fold_seed")
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
@@ -45,8 +52,8 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_experiment(path: str | Path, _seen: tuple = ()) -> dict:
-    """Read an experiment YAML (following ``base:`` chains) into ``{stage: {key: value}}``."""
+def read_layers(path: str | Path, _seen: tuple = ()) -> list[tuple[Path, dict]]:
+    """The files of an experiment, root ``base:`` first: ``[(path, {section: {key: value}}), ...]``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -60,14 +67,61 @@ def read_experiment(path: str | Path, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping of stage sections")
     base = data.pop("base", None)
     for key, val in data.items():
-        if key not in STAGES:
-            raise ConfigError(f"{path}: unknown section '{key}' ({close_matches(key, STAGES)})")
+        if key not in (*STAGES, "common"):
+            raise ConfigError(f"{path}: unknown section '{key}' ({close_matches(key, (*STAGES, 'common'))})")
         if not isinstance(val, dict):
             raise ConfigError(f"{path}: section '{key}' must be a mapping")
-    if base:
-        parent = read_experiment(path.parent / base, _seen + (path.resolve(),))
-        data = _merge(parent, data)
-    return data
+    for key in data.get("common") or {}:
+        if key not in SHARED_KEYS:
+            raise ConfigError(
+                f"{path}: '{key}' cannot go in 'common:' (shared keys: {', '.join(SHARED_KEYS)}); "
+                "put it in its stage's section"
+            )
+    bases = base if isinstance(base, list) else ([base] if base else [])
+    parents = [layer for b in bases for layer in read_layers(path.parent / str(b), _seen + (path.resolve(),))]
+    return [*parents, (path, data)]
+
+
+def read_all_layers(paths: str | Path | list | tuple | None) -> list[tuple[Path, dict]]:
+    """Layers of one experiment file, or of several applied in order (a data set, then a recipe)."""
+    if not paths:
+        return []
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    return [layer for p in paths for layer in read_layers(p)]
+
+
+def read_experiment(path: str | Path) -> dict:
+    """The raw sections of an experiment (``base:`` chain merged; a child's keys win)."""
+    merged: dict = {}
+    for _, data in read_all_layers(path):
+        merged = _merge(merged, data)
+    return merged
+
+
+def stage_values(layers: list[tuple[Path, dict]], stage: str, field_names: set[str]) -> dict:
+    """The ``stage`` values of an experiment: ``common:`` then the stage section, file by file.
+
+    A file's keys beat everything it inherits, the inherited per-model overrides included: a
+    child that sets ``epochs: 10`` trains every model 10 epochs even when its base file gave one
+    model ``model_overrides: {m: {epochs: 25}}`` (the child's own ``model_overrides`` still win).
+    """
+    values: dict = {}
+    for _, data in layers:
+        layer = {k: v for k, v in (data.get("common") or {}).items() if k in field_names}
+        layer.update(data.get(stage) or {})
+        inherited = values.get("model_overrides")
+        if isinstance(inherited, dict):
+            values["model_overrides"] = {
+                m: ({k: v for k, v in o.items() if k not in layer} if isinstance(o, dict) else o)
+                for m, o in inherited.items()
+            }
+        for k, v in layer.items():
+            if k == "model_overrides" and isinstance(v, dict) and isinstance(values.get(k), dict):
+                values[k] = _merge(values[k], v)
+            else:
+                values[k] = v
+    return values
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -155,17 +209,37 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-def load_stage_config(cls: type[T], stage: str, path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Resolve the ``stage`` section of experiment file ``path`` plus CLI overrides into ``cls``."""
-    values: dict = {}
-    if path:
-        values = dict(read_experiment(path).get(stage, {}) or {})
-    src = f"{path or 'defaults'} [{stage}]"
+def field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
+def load_stage_config(
+    cls: type[T],
+    stage: str,
+    path: str | Path | list | None,
+    overrides: list[str] | None = None,
+    other_stages: tuple[type, ...] = (),
+) -> T:
+    """Resolve the ``stage`` section of experiment file ``path`` plus CLI overrides into ``cls``.
+
+    ``other_stages``: the config classes of the other stages. A command-line key that one of
+    them has and ``cls`` has not is ignored here (``make all ARGS="experiment=x"`` hands the same
+    keys to every stage, each takes its own); a key no stage has is an error.
+    """
+    names = field_names(cls)
+    values = stage_values(read_all_layers(path), stage, names)
+    shown = " + ".join(str(p) for p in path) if isinstance(path, (list, tuple)) else path
+    src = f"{shown or 'defaults'} [{stage}]"
     over = parse_overrides(overrides)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    for key in over:
-        if key not in fields:
-            raise ConfigError(f"command line: unknown key '{key}' for {stage} ({close_matches(key, fields)})")
+    elsewhere = set().union(*(field_names(c) for c in other_stages)) if other_stages else set()
+    for key in list(over):
+        if key not in names:
+            if key in elsewhere:
+                del over[key]
+                continue
+            raise ConfigError(
+                f"command line: unknown key '{key}' for {stage} ({close_matches(key, names | elsewhere)})"
+            )
     values.update(over)
     # the command line wins over everything, per-model overrides of the files included
     per_model = values.get("model_overrides")
@@ -175,6 +249,34 @@ def load_stage_config(cls: type[T], stage: str, path: str | Path | None, overrid
             for m, o in per_model.items()
         }
     return build_config(cls, values, src)
+
+
+def _type_name(tp: Any) -> str:
+    tp, optional = _strip_optional(tp)
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1] or (str,)
+        name = f"list of {getattr(item, '__name__', str(item))}"
+    else:
+        name = getattr(tp, "__name__", str(tp))
+    return f"{name} or none" if optional else name
+
+
+def config_help(cls: type) -> str:
+    """Every key of a config dataclass with its type, default and one-line meaning (for --help)."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        rows.append((f.name, _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    lines = [f"keys of the {cls.__name__} (key=value on the command line; YAML section of the stage):"]
+    for name, tp, default, text in rows:
+        lines.append(f"  {name:<{w0}}  {tp:<{w1}}  {text} [default: {default}]")
+    return "\n".join(lines)
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -24,7 +24,7 @@ import os
 import sys
 
 from common.cli import run_main
-from common.config import load_stage_config
+from common.config import config_help, load_stage_config
 
 # command -> (config class, YAML section, runner "module:function", one-line help)
 STAGE_COMMANDS = {
@@ -42,6 +42,13 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
+def all_stage_configs() -> tuple[type, ...]:
+    """Every stage's config class: a command-line key of another stage is left to that stage."""
+    from data_prep.config import FoldsConfig, PrepConfig
+
+    return (PrepConfig, FoldsConfig, *{_load(ref) for ref, *_ in STAGE_COMMANDS.values()})
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     p = argparse.ArgumentParser(
@@ -49,8 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, (cls_ref, section, _, help_) in STAGE_COMMANDS.items():
-        s = sub.add_parser(name, help=help_, formatter_class=argparse.RawDescriptionHelpFormatter)
-        s.add_argument("--config", help="experiment YAML (configs/*.yaml)")
+        s = sub.add_parser(
+            name,
+            help=help_,
+            description=f"{help_} (YAML section '{section}:')",
+            epilog=config_help(_load(cls_ref)),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        s.add_argument(
+            "--config", action="append", help="experiment YAML (configs/*.yaml); repeat to layer a recipe on top"
+        )
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 models=resnet18,simple_cnn")
         s.set_defaults(cls_ref=cls_ref, section=section)
     v = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")
@@ -63,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--metric", default="gap", help="sort by this CV metric (gap, top1, top5)")
     args = p.parse_args(argv)
     if args.cmd in STAGE_COMMANDS:
-        cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides)
+        cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides, all_stage_configs())
         return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
     if args.cmd == "validate":
         return int(_load("pipeline.validate:main")(args.file, args.sample) or 0)

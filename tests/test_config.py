@@ -78,3 +78,78 @@ def test_model_overrides_apply_per_model_and_are_validated(tmp_path):
     path.write_text("train:\n  model_overrides:\n    simple_cnn: 3\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_stage_config(TrainConfig, "train", path)
+
+
+CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_shipped_configs_hold_what_the_readme_promises():
+    from data_prep.config import FoldsConfig
+
+    gld_t = load_stage_config(TrainConfig, "train", CONFIGS / "gld.yaml")
+    gld_p = load_stage_config(PrepConfig, "prep", CONFIGS / "gld.yaml")
+    # seed 001: top-1000 classes, ratio 0.1, 256 px cache, crop 224, Adam 5e-4, batch 64, 25 epochs
+    assert (gld_p.source, gld_p.top_k, gld_p.sample_ratio, gld_p.image_size) == ("gld_v2", 1000, 0.1, 256)
+    assert (gld_t.img_size, gld_t.batch_size, gld_t.epochs, gld_t.lr, gld_t.optimizer) == (224, 64, 25, 5e-4, "adam")
+    assert (gld_t.beta1, gld_t.beta2, gld_t.schedule, gld_t.loss) == (0.9, 0.999, "halve_on_drop", "ce")
+    assert gld_t.model_overrides == {}  # nothing of the offline demo leaks into the real recipe
+    # seed 001's Table 3: seven nets
+    assert sorted(gld_t.models) == sorted(
+        ["resnet50", "resnext50_32x4d", "densenet121", "inception_resnet_v2", "seresnet50", "inception_res_pa",
+         "resneat50"]
+    )  # fmt: skip
+    for path in sorted(CONFIGS.glob("*.yaml")):  # dataset, k and fold seed stated once, equal in every stage
+        t = load_stage_config(TrainConfig, "train", path)
+        f = load_stage_config(FoldsConfig, "folds", path)
+        p = load_stage_config(PrepConfig, "prep", path)
+        assert t.dataset == f.dataset == p.dataset, path
+        assert (t.k, t.fold_seed) == (f.k, f.fold_seed), path
+    paris = load_stage_config(TrainConfig, "train", CONFIGS / "paris6k.yaml")
+    assert paris.epochs == 10 and paris.for_model("simple_cnn").epochs == 10  # the child's epochs win
+    assert paris.for_model("simple_cnn").lr == 0.002  # what the child did not set is still inherited
+    default = load_stage_config(TrainConfig, "train", CONFIGS / "default.yaml")
+    assert (default.batch_size, default.epochs, default.img_size) == (32, 12, 64)
+    assert default.for_model("simple_cnn").epochs == 25
+
+
+def test_child_beats_inherited_model_overrides_and_common_section(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "common: {dataset: a, experiment: e1, k: 4}\n"
+        "train:\n  epochs: 5\n  model_overrides:\n    m: {epochs: 25, lr: 0.1}\n"
+    )
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ncommon: {experiment: e2}\ntrain:\n  epochs: 7\n")
+    cfg = load_stage_config(TrainConfig, "train", tmp_path / "child.yaml")
+    assert (cfg.dataset, cfg.experiment, cfg.k, cfg.epochs) == ("a", "e2", 4, 7)
+    assert cfg.model_overrides == {"m": {"lr": 0.1}}  # inherited epochs override dropped, lr kept
+    (tmp_path / "own.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 7\n  model_overrides:\n    m: {epochs: 9}\n")
+    assert load_stage_config(TrainConfig, "train", tmp_path / "own.yaml").for_model("m").epochs == 9
+    (tmp_path / "bad.yaml").write_text("common: {lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"'lr' cannot go in 'common:'"):
+        load_stage_config(TrainConfig, "train", tmp_path / "bad.yaml")
+
+
+def test_layered_files_and_keys_of_other_stages(tmp_path):
+    from data_prep.config import PrepConfig as P
+    from pipeline.config import EnsembleConfig
+
+    (tmp_path / "data.yaml").write_text("common: {dataset: d}\ntrain: {epochs: 3, lr: 0.01}\n")
+    (tmp_path / "recipe.yaml").write_text("train: {optimizer: sgd, lr: 0.1}\n")
+    cfg = load_stage_config(TrainConfig, "train", [tmp_path / "data.yaml", tmp_path / "recipe.yaml"])
+    assert (cfg.dataset, cfg.epochs, cfg.optimizer, cfg.lr) == ("d", 3, "sgd", 0.1)
+    # the same ARGS reach every stage: each takes its keys, ignores those of other stages
+    ens = load_stage_config(EnsembleConfig, "ensemble", None, ["experiment=x", "lr=0.1"], (TrainConfig, P))
+    assert ens.experiment == "x"
+    with pytest.raises(ConfigError, match="unknown key 'lrr'.*did you mean: lr"):
+        load_stage_config(EnsembleConfig, "ensemble", None, ["lrr=0.1"], (TrainConfig, P))
+
+
+def test_cli_help_lists_every_key_with_type_default_and_meaning():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for f in __import__("dataclasses").fields(TrainConfig):
+        assert f"\n  {f.name} " in out, f.name
+    assert "warmup_epochs" in out and "linear warm-up" in out and "[default: 'halve_on_drop']" in out
