@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from common import schema
 from common.errors import ConfigError, DataError, close_matches
 from data_prep.config import TEST_FORMATS
 from data_prep.readers import ID_PATTERN, IMAGE_EXTS, read_csv_text
@@ -153,3 +157,187 @@ def files_signature(srcs: pd.Series | list[str]) -> str:
         except OSError:
             h.update(f"{src}\0-1\n".encode())
     return h.hexdigest()[:16]
+
+
+# ---- labels -------------------------------------------------------------------------------------
+
+SOLUTION_NAMES = ("recognition_solution_v2.1.csv", "solution.csv")  # looked for in test_root
+IGNORED_USAGE = "ignored"  # GLD v2 solution rows that the metric leaves out
+
+
+def find_solution(test_root: str | Path) -> Path | None:
+    """The solution file in ``test_root`` (``recognition_solution_v2.1.csv`` or ``solution.csv``), if any."""
+    for name in SOLUTION_NAMES:
+        path = Path(test_root) / name
+        if path.is_file():
+            return path
+    return None
+
+
+def read_solution(path: str | Path) -> pd.DataFrame:
+    """A recognition solution (``id,landmarks[,Usage]``) as ``id, landmarks, usage``.
+
+    ``landmarks`` becomes a list of ints (empty = the image shows no landmark; several ids are
+    space-separated); ``usage`` is lower-case ('' without the column). A missing column, a
+    non-integer landmark id or an id listed twice is one :class:`DataError` naming the line.
+    """
+    path = Path(path)
+    df = read_csv_text(path, "solution csv")
+    missing = [c for c in ("id", "landmarks") if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (found {list(df.columns)}; expected id,landmarks,Usage)")
+    ids = df["id"].str.strip().reset_index(drop=True)
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        raise DataError(f"{path}: line {i + 2}: duplicate id '{ids[i]}'")
+    landmarks = []
+    for i, text in enumerate(df["landmarks"].tolist()):
+        tokens = str(text).replace(",", " ").split()
+        try:
+            landmarks.append([int(t) for t in tokens])
+        except ValueError:
+            raise DataError(f"{path}: line {i + 2}: landmarks {text!r} are not integer landmark ids") from None
+    usage = df["Usage"].str.strip().str.lower() if "Usage" in df.columns else pd.Series("", index=df.index)
+    return pd.DataFrame({"id": ids, "landmarks": landmarks, "usage": usage.reset_index(drop=True)})
+
+
+def label_rows(ids: pd.Series, solution: pd.DataFrame | None, label_of: dict[int, int]) -> pd.DataFrame:
+    """``label, landmark_id`` of each id (same index as ``ids``), from the solution and the label map.
+
+    label = the class index of the first landmark of the row that is in the label map;
+    OTHER_LANDMARK when none is (landmark_id = the first true id); NON_LANDMARK for an empty
+    landmarks field; UNLABELLED without a solution, for ids it does not list and for rows it
+    marks ``Ignored`` (landmark_id -1 for the last three).
+    """
+    label = np.full(len(ids), schema.UNLABELLED, dtype="int64")
+    landmark_id = np.full(len(ids), -1, dtype="int64")
+    if solution is not None:
+        truth = dict(zip(solution["id"], zip(solution["landmarks"], solution["usage"])))
+        for i, image_id in enumerate(ids):
+            landmarks, usage = truth.get(image_id, (None, ""))
+            if landmarks is None or usage == IGNORED_USAGE:
+                continue
+            if not landmarks:
+                label[i] = schema.NON_LANDMARK
+                continue
+            known = [lid for lid in landmarks if lid in label_of]
+            if known:
+                label[i], landmark_id[i] = label_of[known[0]], known[0]
+            else:
+                label[i], landmark_id[i] = schema.OTHER_LANDMARK, landmarks[0]
+    return pd.DataFrame({"label": label, "landmark_id": landmark_id}, index=ids.index)
+
+
+def label_counts(labels: pd.Series) -> dict[str, int]:
+    """How many rows are a class / another landmark / no landmark / unlabelled (for the prep report)."""
+    return {
+        "landmark": int((labels >= 0).sum()),
+        "other_landmark": int((labels == schema.OTHER_LANDMARK).sum()),
+        "non_landmark": int((labels == schema.NON_LANDMARK).sum()),
+        "unlabelled": int((labels == schema.UNLABELLED).sum()),
+    }
+
+
+# ---- the sets prep adds beside the training source ----------------------------------------------
+
+
+@dataclass
+class ExtraSets:
+    """What prep reads besides the training source: the competition test set and the non-landmark pool."""
+
+    test_root: Path | None = None
+    test_format: str | None = None  # resolved (never "auto")
+    competition: pd.DataFrame | None = None  # id, src in submission order
+    solution_path: Path | None = None
+    solution: pd.DataFrame | None = None  # read_solution()
+    nonlandmark_root: Path | None = None
+    nonlandmark: pd.DataFrame | None = None  # id, src
+
+    def signature(self) -> str:
+        """Identity for the prep fingerprint: ids, file sizes and mtimes, the solution's bytes."""
+        h = hashlib.sha1()
+        if self.competition is not None:
+            h.update(f"competition {self.test_root} {self.test_format}\n".encode())
+            h.update("\n".join(self.competition["id"]).encode())
+            h.update(files_signature(self.competition["src"]).encode())
+        if self.solution_path is not None:
+            h.update(f"solution {self.solution_path}\n".encode())
+            h.update(hashlib.sha1(self.solution_path.read_bytes()).digest())
+        if self.nonlandmark is not None:
+            h.update(f"nonlandmark {self.nonlandmark_root}\n".encode())
+            h.update("\n".join(self.nonlandmark["id"]).encode())
+            h.update(files_signature(self.nonlandmark["src"]).encode())
+        return h.hexdigest()[:16]
+
+
+def read_extra_sets(
+    test_root: str | Path | None,
+    test_format: str = "auto",
+    solution_csv: str | Path | None = None,
+    nonlandmark_root: str | Path | None = None,
+) -> ExtraSets:
+    """Read the id lists (not the pixels) of the competition test set and the non-landmark folder."""
+    extra = ExtraSets()
+    if test_root is not None:
+        extra.test_root = Path(test_root)
+        extra.test_format = resolve_format(test_root, test_format)
+        extra.competition = read_competition_images(test_root, extra.test_format)
+        extra.solution_path = Path(solution_csv) if solution_csv else find_solution(test_root)
+        if extra.solution_path is not None:
+            if not extra.solution_path.is_file():
+                raise DataError(f"solution csv not found: {extra.solution_path}")
+            extra.solution = read_solution(extra.solution_path)
+    elif solution_csv:
+        raise ConfigError("prep: solution_csv is set but test_root is not (the solution labels the test set)")
+    if nonlandmark_root is not None:
+        extra.nonlandmark_root = Path(nonlandmark_root)
+        extra.nonlandmark = read_image_tree(nonlandmark_root)
+    _check_disjoint(extra)
+    return extra
+
+
+def _check_disjoint(extra: ExtraSets) -> None:
+    if extra.competition is None or extra.nonlandmark is None:
+        return
+    both = extra.competition.merge(extra.nonlandmark, on="id", suffixes=("_c", "_n"))
+    if len(both):
+        r = both.iloc[0]
+        raise DataError(
+            f"id '{r['id']}' is both a competition test image ({r['src_c']}) and a non-landmark ({r['src_n']})"
+        )
+
+
+def check_unique_ids(extra: ExtraSets, source: pd.DataFrame, what: str) -> None:
+    """Every id must name one image across all manifests (caches and packed rows are keyed by id)."""
+    src_of = dict(zip(source["id"], source["src"]))
+    for name, df in (("competition test image", extra.competition), ("non-landmark image", extra.nonlandmark)):
+        if df is None:
+            continue
+        clash = df["id"].isin(src_of.keys())
+        if clash.any():
+            r = df[clash].iloc[0]
+            raise DataError(
+                f"{name} id '{r['id']}' ({r['src']}) is also an image of {what} ({src_of[r['id']]}): "
+                "ids must be unique across the training source, the test set and the non-landmark folder"
+            )
+
+
+def split_nonlandmark(ids: pd.Series, n_landmark_test: int, share: float, seed: int) -> tuple[list[str], list[str]]:
+    """(ids for the internal test split, ids left for the pool), seeded.
+
+    The test split gets ``ceil(share / (1 - share) * n_landmark_test)`` non-landmarks (share 0.5:
+    as many as landmark rows), or all of them when fewer exist.
+    """
+    want = math.ceil(share / (1 - share) * n_landmark_test - 1e-9) if share > 0 else 0
+    order = np.random.default_rng([seed, 29]).permutation(len(ids))
+    shuffled = ids.to_numpy()[order].tolist()
+    n = min(want, len(shuffled))
+    if n < want:
+        log.warning(
+            "only %d non-landmark images for the %d the test split needs (share %s): the pool is empty",
+            len(shuffled),
+            want,
+            share,
+        )
+    return shuffled[:n], shuffled[n:]

@@ -11,8 +11,20 @@ data set is generated, deterministically from a seed:
 * class sizes follow a long tail (``n_k = max * k**-tail``, a few big classes, many small ones,
   class order shuffled), so the top-K selection matters as it does on GLD.
 
-Output: ``<root>/train.csv`` (``id,url,landmark_id``) and ``<root>/train/<a>/<b>/<c>/<id>.jpg``,
-``a/b/c`` the first three characters of the 16-hex id, exactly as GLD v2.
+Like the competition, most test photos show no landmark, so the generator also renders
+**non-landmark scenes** with the same sky, ground, clutter, people, trees, lighting and framing:
+streets of ordinary houses (one box or gabled house each, never a landmark design), parks, open
+views, rooms and close-ups.
+
+Output, ``a/b/c`` the first three characters of the 16-hex id as in GLD v2:
+
+* ``<root>/train.csv`` (``id,url,landmark_id``) and ``<root>/train/<a>/<b>/<c>/<id>.jpg``;
+* the non-landmark pool: ``<root>/nonlandmark.csv`` (``id``) and ``<root>/nonlandmark/<a>/<b>/<c>/<id>.jpg``;
+* a competition test folder in the GLR 2020 layout: ``<root>/competition/sample_submission.csv``
+  (``id,landmarks``), ``competition/test/<a>/<b>/<c>/<id>.jpg`` and its labels,
+  ``competition/recognition_solution_v2.1.csv`` (``id,landmarks,Usage``; empty = no landmark):
+  fresh photos (not the training ones) of mostly big classes, a few tail classes, and a majority
+  of non-landmark scenes.
 """
 
 from __future__ import annotations
@@ -34,8 +46,12 @@ from common.io import atomic_write, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when rendering changes: old generated sets are then regenerated
+GENERATOR_VERSION = 2  # bump when rendering changes: old generated sets are then regenerated
 SPEC_FILE = "synthetic_spec.json"
+NONLANDMARK_DIR = "nonlandmark"
+NONLANDMARK_CSV = "nonlandmark.csv"
+COMPETITION_DIR = "competition"
+SOLUTION_FILE = "recognition_solution_v2.1.csv"
 PRIMITIVES = ("tower", "dome", "spire", "arch", "deck", "block", "pyramid", "ring")
 
 
@@ -47,6 +63,9 @@ class SynthSpec:
     tail: float = 1.1
     image_size: int = 128
     seed: int = 0
+    nonlandmark: int | None = None  # non-landmark pool size; None = auto (nonlandmark_count)
+    competition: int | None = None  # competition test images; None = auto (competition_count)
+    competition_landmarks: float = 0.38  # share of competition images that show a landmark
 
 
 def class_sizes(spec: SynthSpec) -> list[int]:
@@ -184,13 +203,34 @@ def _clutter(d: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, h
             d.rectangle([cx - scale * 0.5, base - scale * 0.6, cx + scale * 0.5, base], fill=c)
 
 
-def render_photo(design: dict, seed: int, cls: int, index: int, size: int) -> Image.Image:
-    """One 'photo' of landmark ``cls``: random viewpoint, scale, lighting, clutter, occlusion."""
-    rng = np.random.default_rng([seed, cls, index, 11])
+def _new_canvas(rng: np.random.Generator, size: int) -> tuple[Image.Image, int, int, int]:
+    """A photo's frame (landscape or portrait-ish) with sky and ground; returns (image, w, h, horizon)."""
     w = int(size * rng.uniform(0.8, 1.35))
     h = size
     horizon = int(h * rng.uniform(0.55, 0.85))
-    img = _background(rng, w, h, horizon)
+    return _background(rng, w, h, horizon), w, h, horizon
+
+
+def _develop(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """The camera: exposure, contrast, colour cast, sensor noise, some blur, then the framing crop."""
+    w, h = img.size
+    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.55, 1.35))
+    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.3))
+    cast = rng.uniform(0.85, 1.15, 3)
+    arr = np.asarray(img, np.float32) * cast + rng.normal(0, rng.uniform(1, 8), (h, w, 3))
+    img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    # crop: a photographer's framing (keeps most of the frame)
+    cw, ch = int(w * rng.uniform(0.8, 1.0)), int(h * rng.uniform(0.8, 1.0))
+    cx, cy = int(rng.uniform(0, w - cw + 1)), int(rng.uniform(0, h - ch + 1))
+    return img.crop((cx, cy, cx + cw, cy + ch))
+
+
+def render_photo(design: dict, seed: int, cls: int, index: int, size: int) -> Image.Image:
+    """One 'photo' of landmark ``cls``: random viewpoint, scale, lighting, clutter, occlusion."""
+    rng = np.random.default_rng([seed, cls, index, 11])
+    img, w, h, horizon = _new_canvas(rng, size)
     d = ImageDraw.Draw(img)
     _clutter(d, rng, w, h, horizon, int(rng.integers(0, 5)), big=False)
     lm = _draw_landmark(design, 2 * size)
@@ -210,38 +250,186 @@ def render_photo(design: dict, seed: int, cls: int, index: int, size: int) -> Im
     y = horizon - target_h + int(rng.uniform(0, 0.12) * h)
     img.paste(lm, (x, y), lm)
     _clutter(d, rng, w, h, horizon, int(rng.integers(0, 3)), big=True)  # foreground occluders
-    # lighting, colour cast, blur
-    img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.55, 1.35))
-    img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.6, 1.3))
-    cast = rng.uniform(0.85, 1.15, 3)
-    arr = np.asarray(img, np.float32) * cast + rng.normal(0, rng.uniform(1, 8), (h, w, 3))
+    return _develop(img, rng)
+
+
+# ---- non-landmark scenes: what most competition test photos show ------------------------------
+
+SCENES = ("street", "park", "open", "indoor", "closeup")
+SCENE_WEIGHTS = (0.3, 0.2, 0.15, 0.2, 0.15)
+
+
+def _house(d: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, base: float, width: float) -> None:
+    """A generic building: one plain box or gabled house in a muted colour, windows and a door.
+
+    Deliberately none of the landmark designs: one body, at most one roof, no domes, spires,
+    arches, decks, rings or stripes, and always a door at the ground.
+    """
+    height = width * rng.uniform(0.6, 1.6)
+    body = _hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.3), rng.uniform(0.45, 0.9))
+    x0, x1, y0 = cx - width / 2, cx + width / 2, base - height
+    d.rectangle([x0, y0, x1, base], fill=body)
+    if rng.random() < 0.55:  # gable roof
+        roof = _hsv(rng.choice([0.0, 0.05, 0.08]), rng.uniform(0.2, 0.6), rng.uniform(0.25, 0.55))
+        d.polygon([(x0 - width * 0.05, y0), (x1 + width * 0.05, y0), (cx, y0 - height * 0.35)], fill=roof)
+    else:  # flat roof with a parapet
+        d.rectangle([x0, y0, x1, y0 + max(1, height * 0.05)], fill=tuple(int(c * 0.7) for c in body))
+    glass = (60, 70, 90) if rng.random() < 0.7 else (200, 210, 170)
+    floors, cols = int(rng.integers(1, 5)), int(rng.integers(2, 6))
+    for r in range(floors):
+        for c in range(cols):
+            wx = x0 + width * (c + 0.25) / cols
+            wy = y0 + height * (r + 0.2) / (floors + 1)
+            d.rectangle([wx, wy, wx + width * 0.45 / cols, wy + height * 0.35 / (floors + 1)], fill=glass)
+    door_x = x0 + width * rng.uniform(0.2, 0.7)
+    d.rectangle([door_x, base - height * 0.28, door_x + width * 0.14, base], fill=(70, 45, 30))
+
+
+def _person(d: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, base: float, height: float) -> None:
+    shirt = _hsv(rng.uniform(0, 1), rng.uniform(0.2, 0.9), rng.uniform(0.2, 0.9))
+    skin = _hsv(rng.uniform(0.05, 0.1), rng.uniform(0.3, 0.6), rng.uniform(0.35, 0.95))
+    hw = height * 0.13
+    d.rectangle([cx - hw * 0.8, base - height * 0.45, cx + hw * 0.8, base], fill=(40, 40, 60))  # legs
+    d.rectangle([cx - hw, base - height * 0.8, cx + hw, base - height * 0.42], fill=shirt)
+    d.ellipse([cx - hw * 0.8, base - height, cx + hw * 0.8, base - height * 0.8], fill=skin)
+
+
+def _tree(d: ImageDraw.ImageDraw, rng: np.random.Generator, cx: float, base: float, height: float) -> None:
+    d.rectangle([cx - height * 0.05, base - height * 0.5, cx + height * 0.05, base], fill=(90, 60, 30))
+    green = _hsv(rng.uniform(0.2, 0.4), rng.uniform(0.35, 0.85), rng.uniform(0.2, 0.65))
+    r = height * rng.uniform(0.25, 0.4)
+    d.ellipse([cx - r, base - height, cx + r, base - height + 2 * r], fill=green)
+
+
+def _indoor(rng: np.random.Generator, w: int, h: int) -> Image.Image:
+    """A room: wall, floor, a table, a picture frame or shelf, a window, sometimes a lamp."""
+    wall = np.array(_hsv(rng.uniform(0, 1), rng.uniform(0.0, 0.35), rng.uniform(0.45, 0.95)), float)
+    floor_c = np.array(_hsv(rng.uniform(0.05, 0.12), rng.uniform(0.2, 0.6), rng.uniform(0.2, 0.6)), float)
+    line = int(h * rng.uniform(0.55, 0.8))
+    arr = np.empty((h, w, 3), np.float32)
+    arr[:line] = wall * np.linspace(0.85, 1.05, line)[:, None, None]
+    arr[line:] = floor_c * np.linspace(0.9, 1.15, h - line)[:, None, None]
     img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
-    # crop: a photographer's framing (keeps most of the frame)
-    cw, ch = int(w * rng.uniform(0.8, 1.0)), int(h * rng.uniform(0.8, 1.0))
-    cx, cy = int(rng.uniform(0, w - cw + 1)), int(rng.uniform(0, h - ch + 1))
-    return img.crop((cx, cy, cx + cw, cy + ch))
+    d = ImageDraw.Draw(img)
+    if rng.random() < 0.6:  # a window with a bit of sky
+        wx, ww = rng.uniform(0, w * 0.7), rng.uniform(0.15, 0.3) * w
+        wy, wh = rng.uniform(0.1, 0.25) * h, rng.uniform(0.2, 0.35) * h
+        d.rectangle([wx, wy, wx + ww, wy + wh], fill=_hsv(rng.uniform(0.5, 0.65), rng.uniform(0.1, 0.5), 0.95))
+        d.rectangle([wx + ww / 2 - 1, wy, wx + ww / 2 + 1, wy + wh], fill=(240, 240, 240))
+    for _ in range(int(rng.integers(1, 4))):  # frames, shelves, cupboards
+        fx, fw = rng.uniform(0, w * 0.85), rng.uniform(0.08, 0.3) * w
+        fy, fh = rng.uniform(0.05, 0.5) * h, rng.uniform(0.08, 0.3) * h
+        d.rectangle([fx, fy, fx + fw, min(line, fy + fh)], fill=_hsv(rng.uniform(0, 1), rng.uniform(0, 0.7), 0.6))
+    tx, tw = rng.uniform(0, w * 0.6), rng.uniform(0.25, 0.5) * w
+    top = line + rng.uniform(-0.15, 0.1) * h
+    table = _hsv(rng.uniform(0.05, 0.1), rng.uniform(0.3, 0.7), rng.uniform(0.25, 0.6))
+    d.rectangle([tx, top, tx + tw, top + 0.04 * h], fill=table)
+    for lx in (tx + 0.05 * tw, tx + 0.9 * tw):
+        d.rectangle([lx, top, lx + 0.03 * tw, min(h, top + 0.25 * h)], fill=table)
+    for _ in range(int(rng.integers(0, 4))):  # cups, plates, bottles on the table
+        ox = tx + rng.uniform(0.1, 0.8) * tw
+        oh = rng.uniform(0.03, 0.1) * h
+        d.ellipse([ox, top - oh, ox + oh, top], fill=_hsv(rng.uniform(0, 1), rng.uniform(0, 0.9), rng.uniform(0.4, 1)))
+    for _ in range(int(rng.integers(0, 3))):
+        _person(d, rng, rng.uniform(0, w), h * rng.uniform(0.9, 1.1), h * rng.uniform(0.5, 0.9))
+    return img
+
+
+def render_scene(seed: int, stream: int, index: int, size: int) -> Image.Image:
+    """One photo showing no landmark: a street of ordinary houses, a park, an open view, a room or a
+    close-up, with the same framing, lighting, noise and crop as the landmark photos."""
+    rng = np.random.default_rng([seed, stream, index, 17])
+    kind = SCENES[int(rng.choice(len(SCENES), p=SCENE_WEIGHTS))]
+    if kind == "indoor":
+        w = int(size * rng.uniform(0.8, 1.35))
+        return _develop(_indoor(rng, w, size), rng)
+    img, w, h, horizon = _new_canvas(rng, size)
+    d = ImageDraw.Draw(img)
+    _clutter(d, rng, w, h, horizon, int(rng.integers(0, 5)), big=False)  # distant trees, people, boxes
+    if kind == "street":
+        x = rng.uniform(-0.2, 0.1) * w
+        while x < w:
+            width = rng.uniform(0.15, 0.4) * w
+            _house(d, rng, x + width / 2, horizon + rng.uniform(0, 0.05) * h, width)
+            x += width * rng.uniform(1.0, 1.4)
+        for _ in range(int(rng.integers(0, 5))):
+            _person(d, rng, rng.uniform(0, w), horizon + rng.uniform(0.05, 1.0) * (h - horizon), h * 0.3)
+    elif kind == "park":
+        for _ in range(int(rng.integers(3, 9))):
+            _tree(d, rng, rng.uniform(0, w), horizon + rng.uniform(0, 0.5) * (h - horizon), h * rng.uniform(0.2, 0.6))
+        if rng.random() < 0.3:
+            _house(d, rng, rng.uniform(0, w), horizon, rng.uniform(0.08, 0.15) * w)
+        for _ in range(int(rng.integers(0, 4))):
+            _person(d, rng, rng.uniform(0, w), horizon + rng.uniform(0.1, 1.0) * (h - horizon), h * 0.35)
+    elif kind == "closeup":
+        if rng.random() < 0.6:
+            _person(d, rng, rng.uniform(0.3, 0.7) * w, h * rng.uniform(1.0, 1.3), h * rng.uniform(0.8, 1.3))
+        else:
+            _tree(d, rng, rng.uniform(0.3, 0.7) * w, h, h * rng.uniform(0.8, 1.1))
+    # "open" (field, beach, water): only the sky, the ground and the distant clutter
+    _clutter(d, rng, w, h, horizon, int(rng.integers(0, 3)), big=True)  # foreground occluders
+    return _develop(img, rng)
+
+
+# ---- writing the set -----------------------------------------------------------------------------
 
 
 def _render_job(args: tuple) -> int:
-    root, seed, cls, design, items, size = args
+    """Render one chunk of images: ``("landmark", cls, design, index)`` or ``("scene", stream, index)``."""
+    seed, size, items = args
     written = 0
-    for index, image_id in items:
-        path = image_path(Path(root), image_id)
+    for path, what in items:
+        path = Path(path)
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        img = render_photo(design, seed, cls, index, size)
-        q = int(np.random.default_rng([seed, cls, index, 13]).integers(80, 96))
+        if what[0] == "landmark":
+            _, cls, design, index = what
+            img = render_photo(design, seed, cls, index, size)
+            q = int(np.random.default_rng([seed, cls, index, 13]).integers(80, 96))
+        else:
+            _, stream, index = what
+            img = render_scene(seed, stream, index, size)
+            q = int(np.random.default_rng([seed, stream, index, 19]).integers(80, 96))
         with atomic_write(path, "wb") as f:
             img.save(f, "JPEG", quality=q)
         written += 1
     return written
 
 
+def nonlandmark_count(spec: SynthSpec) -> int:
+    """Non-landmark scenes generated: ``spec.nonlandmark`` or, when None, 0.17 x the landmark photos
+    (>= 24): on the default that fills half of the internal test split and leaves a pool of ~350."""
+    if spec.nonlandmark is not None:
+        return spec.nonlandmark
+    return max(24, round(0.17 * sum(class_sizes(spec))))
+
+
+def competition_count(spec: SynthSpec) -> int:
+    """Competition test images: ``spec.competition`` or, when None, 0.12 x the landmark photos (>= 24)."""
+    if spec.competition is not None:
+        return spec.competition
+    return max(24, round(0.12 * sum(class_sizes(spec))))
+
+
+def nonlandmark_path(root: Path, image_id: str) -> Path:
+    return root / NONLANDMARK_DIR / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def competition_path(root: Path, image_id: str) -> Path:
+    return root / COMPETITION_DIR / "test" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+
+
+def _scene_id(seed: int, what: str, index: int) -> str:
+    return hashlib.sha1(f"synth-{what}-{seed}-{index}".encode()).hexdigest()[:16]
+
+
 def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.DataFrame:
-    """Write the data set under ``root`` (skipping images already there); return train.csv rows."""
+    """Write the data set under ``root`` (skipping images already there); return train.csv rows.
+
+    Besides the landmark photos: the non-landmark pool (``nonlandmark/`` + ``nonlandmark.csv``) and a
+    competition test folder in the GLR 2020 layout with its solution (``competition/``).
+    """
     root = Path(root)
     if (root / SPEC_FILE).is_file() and not is_complete(root, spec):
         log.info("%s was generated from another spec or generator version: regenerating", root)
@@ -250,29 +438,73 @@ def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.D
     rng = np.random.default_rng([spec.seed, 3])
     order = rng.permutation(spec.num_classes)  # big classes are not the first ids
     landmark_ids = np.sort(rng.choice(np.arange(1000, 100000), spec.num_classes, replace=False))
-    rows, jobs = [], []
+    designs = {int(c): _landmark_design(spec.seed, int(c)) for c in order}
+    rows, tasks = [], []
     for rank, cls in enumerate(order):
-        n = sizes[rank]
         lid = int(landmark_ids[cls])
-        items = [(i, _hex_id(spec.seed, lid, i)) for i in range(n)]
-        rows += [(image_id, f"synthetic://landmark/{lid}/{i}", lid) for i, image_id in items]
-        design = _landmark_design(spec.seed, int(cls))
-        for s in range(0, n, 64):
-            jobs.append((str(root), spec.seed, int(cls), design, items[s : s + 64], spec.image_size))
+        for i in range(sizes[rank]):
+            image_id = _hex_id(spec.seed, lid, i)
+            rows.append((image_id, f"synthetic://landmark/{lid}/{i}", lid))
+            tasks.append((str(image_path(root, image_id)), ("landmark", int(cls), designs[int(cls)], i)))
+    pool_ids = [_scene_id(spec.seed, "nonlandmark", j) for j in range(nonlandmark_count(spec))]
+    tasks += [(str(nonlandmark_path(root, i)), ("scene", 1, j)) for j, i in enumerate(pool_ids)]
+    comp, comp_tasks = _competition_rows(spec, sizes, order, landmark_ids, designs, root)
+    tasks += comp_tasks
+    all_ids = [r[0] for r in rows] + pool_ids + comp["id"].tolist()
+    if len(set(all_ids)) != len(all_ids):  # a 64-bit hash collision: would mix two images up
+        raise AssertionError("synthetic generator: two generated images share an id")
+    jobs = [(spec.seed, spec.image_size, tasks[s : s + 64]) for s in range(0, len(tasks), 64)]
     with ProcessPoolExecutor(max(1, workers)) as pool:
         written = sum(pool.map(_render_job, jobs))
     df = pd.DataFrame(rows, columns=["id", "url", "landmark_id"])
     df = df.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)  # GLD's csv is not grouped
     write_csv(root / "train.csv", df)
+    write_csv(root / NONLANDMARK_CSV, pd.DataFrame({"id": pool_ids}))
+    if len(comp):
+        comp_dir = root / COMPETITION_DIR
+        write_csv(comp_dir / "sample_submission.csv", pd.DataFrame({"id": comp["id"], "landmarks": ""}))
+        write_csv(comp_dir / SOLUTION_FILE, comp[["id", "landmarks", "Usage"]])
     write_json(root / SPEC_FILE, _spec_record(spec))  # written last: marks a complete set
     log.info(
-        "synthetic data set: %d images in %d classes at %s (%d newly rendered)",
+        "synthetic data set: %d images in %d classes, %d non-landmark scenes, %d competition test images "
+        "at %s (%d newly rendered)",
         len(df),
         spec.num_classes,
+        len(pool_ids),
+        len(comp),
         root,
         written,
     )
     return df
+
+
+def _competition_rows(
+    spec: SynthSpec, sizes: list[int], order: np.ndarray, landmark_ids: np.ndarray, designs: dict, root: Path
+) -> tuple[pd.DataFrame, list]:
+    """The competition test set: fresh photos of landmarks (classes drawn by size squared, so mostly
+    the big classes a top-K keeps, a few from the tail) and non-landmark scenes, shuffled; its
+    solution rows (``id, landmarks, Usage``; empty landmarks = no landmark) and render tasks."""
+    n = competition_count(spec)
+    n_lm = int(round(n * spec.competition_landmarks))
+    rng = np.random.default_rng([spec.seed, 5])
+    weight = np.asarray(sizes, float) ** 2
+    ranks = rng.choice(len(sizes), n_lm, p=weight / weight.sum())
+    is_lm = np.zeros(n, bool)
+    is_lm[rng.permutation(n)[:n_lm]] = True
+    rows, tasks, k_lm = [], [], 0
+    for j in range(n):
+        image_id = _scene_id(spec.seed, "competition", j)
+        if is_lm[j]:
+            cls = int(order[ranks[k_lm]])
+            k_lm += 1
+            # indices far above any class size: new viewpoints, not copies of training photos
+            tasks.append((str(competition_path(root, image_id)), ("landmark", cls, designs[cls], 1_000_000 + j)))
+            landmarks = str(int(landmark_ids[cls]))
+        else:
+            tasks.append((str(competition_path(root, image_id)), ("scene", 2, j)))
+            landmarks = ""
+        rows.append((image_id, landmarks, "Public" if rng.random() < 0.3 else "Private"))
+    return pd.DataFrame(rows, columns=["id", "landmarks", "Usage"]), tasks
 
 
 def _spec_record(spec: SynthSpec) -> dict:
@@ -284,8 +516,12 @@ def is_complete(root: str | os.PathLike, spec: SynthSpec) -> bool:
 
     A set from another spec or generator version is regenerated (its images are rewritten).
     """
-    marker = Path(root) / SPEC_FILE
-    if not marker.is_file() or not (Path(root) / "train.csv").is_file():
+    root = Path(root)
+    marker = root / SPEC_FILE
+    needed = [root / "train.csv", root / NONLANDMARK_CSV]
+    if competition_count(spec):
+        needed += [root / COMPETITION_DIR / "sample_submission.csv", root / COMPETITION_DIR / SOLUTION_FILE]
+    if not marker.is_file() or not all(p.is_file() for p in needed):
         return False
     try:
         return json.loads(marker.read_text()) == _spec_record(spec)
@@ -296,9 +532,23 @@ def is_complete(root: str | os.PathLike, spec: SynthSpec) -> bool:
 def clear(root: str | os.PathLike) -> None:
     """Remove a stale generated set (only the files this module writes)."""
     root = Path(root)
-    for name in (SPEC_FILE, "train.csv"):
+    for name in (SPEC_FILE, "train.csv", NONLANDMARK_CSV):
         (root / name).unlink(missing_ok=True)
-    shutil.rmtree(root / "train", ignore_errors=True)
+    for folder in ("train", NONLANDMARK_DIR, COMPETITION_DIR):
+        shutil.rmtree(root / folder, ignore_errors=True)
 
 
-__all__ = ["SynthSpec", "class_sizes", "clear", "generate", "image_path", "is_complete", "render_photo"]
+__all__ = [
+    "SynthSpec",
+    "class_sizes",
+    "clear",
+    "competition_count",
+    "competition_path",
+    "generate",
+    "image_path",
+    "is_complete",
+    "nonlandmark_count",
+    "nonlandmark_path",
+    "render_photo",
+    "render_scene",
+]

@@ -29,10 +29,13 @@ def test_counts_reconcile(tiny_data):
     data_dir = tiny_data["data_root"] / "tiny"
     assert r["rows_in"] == r["rows_read"] + sum(r["skipped_reading"].values())
     assert r["rows_after_sampling"] == r["rows_kept"] + sum(r["skipped_images"].values())
-    assert sum(r["splits"].values()) == r["rows_kept"]
+    # the synthetic default adds generated non-landmarks to the internal test split (label -1)
+    assert sum(r["splits"].values()) == r["rows_kept"] + r["nonlandmark"]["test"]
     assert r["classes_kept"] == 6
     manifests = {s: schema.read_manifest(data_dir, s) for s in schema.SPLITS}
     assert {s: len(m) for s, m in manifests.items()} == r["splits"]
+    assert (manifests["train"]["label"] >= 0).all() and (manifests["val"]["label"] >= 0).all()
+    assert (manifests["test"]["label"] == schema.NON_LANDMARK).sum() == r["nonlandmark"]["test"]
     all_ids = pd.concat([m["id"] for m in manifests.values()])
     assert all_ids.is_unique
     lm = schema.read_label_map(data_dir)
