@@ -1,4 +1,10 @@
-"""``python -m data_prep {prep,folds,convert-folder} [--config FILE] [key=value ...]``."""
+"""``python -m data_prep {prep,folds,convert-folder} [--config FILE] [key=value ...]``.
+
+prep            read, select, split, cache; write manifests (train/val/test, and with
+                test_root / nonlandmark_root: competition, competition_order, nonlandmark)
+folds           write the fold file over train.csv
+convert-folder  image folder (<class>/<file>) -> GLD v2 layout
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,50 @@ import argparse
 import sys
 
 from common.cli import run_main
-from common.config import load_stage_config
+from common.config import config_help, load_stage_config
+
+
+def _other_stage_configs() -> tuple[type, ...]:
+    """Every stage's config class: a key of another stage on the command line is left to it."""
+    from pipeline.__main__ import all_stage_configs  # the one list of stages (a face may import faces)
+
+    return all_stage_configs()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__)
+    from data_prep.config import FoldsConfig, PrepConfig
+
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, help_ in (("prep", "read, select, split, cache, write manifests"), ("folds", "write the fold file")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("--config", help="experiment YAML (configs/*.yaml)")
+    for name, help_, cls in (
+        ("prep", "read, select, split, cache, write manifests", PrepConfig),
+        ("folds", "write the fold file", FoldsConfig),
+    ):
+        s = sub.add_parser(
+            name,
+            help=help_,
+            description=f"{help_} (YAML section '{name}:')",
+            epilog=config_help(cls),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        s.add_argument("--config", action="append", help="experiment YAML (configs/*.yaml); repeat to layer files")
         s.add_argument("overrides", nargs="*", help="key=value overrides of the stage config")
     c = sub.add_parser("convert-folder", help="image folder (<class>/<file>) -> GLD v2 layout")
     c.add_argument("src")
     c.add_argument("dst")
     args = p.parse_args(argv)
     if args.cmd == "prep":
-        from data_prep.config import PrepConfig
         from data_prep.prep import run_prep
 
-        run_prep(load_stage_config(PrepConfig, "prep", args.config, args.overrides), progress=sys.stderr.isatty())
+        cfg = load_stage_config(PrepConfig, "prep", args.config, args.overrides, _other_stage_configs())
+        run_prep(cfg, progress=sys.stderr.isatty())
     elif args.cmd == "folds":
-        from data_prep.config import FoldsConfig
         from data_prep.folds import run_folds
 
-        print(run_folds(load_stage_config(FoldsConfig, "folds", args.config, args.overrides)))
+        cfg = load_stage_config(FoldsConfig, "folds", args.config, args.overrides, _other_stage_configs())
+        print(run_folds(cfg))
     else:
         from data_prep.readers import image_folder_to_gld
 
