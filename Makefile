@@ -1,9 +1,7 @@
 # Landmark recognition pipeline. Two commands on a fresh machine:
 #   make all    prep -> folds -> train -> ensemble on the generated offline default
 #   make test   the test suite
-# Other data sets: make all DATASET=gld GLD_ROOT=/data/gldv2 | DATASET=cifar10 CIFAR_ROOT=... | DATASET=paris6k
-# Choose models/folds: make train MODELS="resnet50 resneat50" FOLDS="0 1 2 3 4" EPOCHS=25
-# Any other key: PREP_ARGS="top_k=100" for prep, ARGS="img_size=96" for train
+# `make help` lists every target and variable.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,21 +9,65 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
 DATASET ?= default
+DATASETS := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
 CONFIG  ?= configs/$(DATASET).yaml
+RECIPE  ?=
+ifneq ($(RECIPE),)
+  CONFIG_ARGS := --config $(CONFIG) --config configs/recipes/$(RECIPE).yaml
+  EXPERIMENT ?= $(DATASET)_$(RECIPE)
+else
+  CONFIG_ARGS := --config $(CONFIG)
+endif
+
 comma := ,
 empty :=
 space := $(empty) $(empty)
-ROOT_ARG  = $(if $(GLD_ROOT),source_root=$(GLD_ROOT)) $(if $(CIFAR_ROOT),source_root=$(CIFAR_ROOT)) $(if $(SOURCE_ROOT),source_root=$(SOURCE_ROOT))
-TRAIN_ARGS = $(if $(MODELS),models=$(subst $(space),$(comma),$(strip $(MODELS)))) \
-             $(if $(FOLDS),folds=$(subst $(space),$(comma),$(strip $(FOLDS)))) \
-             $(if $(EPOCHS),epochs=$(EPOCHS)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT))
-ENS_ARGS   = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(if $(NAME),name=$(NAME))
+list   = $(subst $(space),$(comma),$(strip $(1)))
+ROOT_ARG  = $(if $(GLD_ROOT),source_root=$(GLD_ROOT)) $(if $(CIFAR_ROOT),source_root=$(CIFAR_ROOT)) \
+            $(if $(SOURCE_ROOT),source_root=$(SOURCE_ROOT)) $(if $(TEST_ROOT),test_root=$(TEST_ROOT))
+# keys every stage may take (each stage uses those it has, and ignores the others')
+STAGE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(if $(MODELS),models=$(call list,$(MODELS))) \
+             $(if $(FOLDS),folds=$(call list,$(FOLDS))) $(if $(EPOCHS),epochs=$(EPOCHS)) \
+             $(if $(NAME),name=$(NAME)) $(ARGS)
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: all setup prep folds train ensemble test test-fast lint bench models clean distclean
+.PHONY: all help setup settings prep folds train predict embed ensemble submit export compare \
+        test test-fast lint bench models clean clean-runs distclean check-dataset
 
 all: prep folds train ensemble
+
+help:
+	@echo "Targets (each sets up .venv on first use):"
+	@echo "  all          prep -> folds -> train -> ensemble on DATASET (default: the generated offline set)"
+	@echo "  prep         read, select, split and cache DATASET (+ the competition test set: TEST_ROOT)"
+	@echo "  folds        write the seeded fold file of DATASET"
+	@echo "  train        train MODELS on FOLDS (makes the fold file when missing)"
+	@echo "  predict      finished runs -> predictions on the test/competition/non-landmark manifests (TTA: ARGS)"
+	@echo "  embed        finished runs -> L2-normalised embeddings for kNN retrieval"
+	@echo "  ensemble     OOF/test predictions -> leaderboard + internal-split CSV (runs/EXPERIMENT/)"
+	@echo "  submit       competition predictions -> submissions/NAME.csv, checked by the validator"
+	@echo "  export       finished runs of EXPERIMENT -> an offline bundle for a Kaggle notebook (export/)"
+	@echo "  compare      EXPERIMENTS side by side: model x experiment table and figure"
+	@echo "  models       the model registry with params and MACs (models-names: names only, instant)"
+	@echo "  settings     print the resolved dataset, config, experiment, models, folds, epochs, recipe"
+	@echo "  test         the whole test suite (what CI runs);  test-fast: without tests marked slow"
+	@echo "  bench        the benchmarks (numbers in BENCHMARKS.md);  lint: ruff"
+	@echo "  clean        caches only (__pycache__, .pytest_cache, bench/out); never data or runs"
+	@echo "  clean-runs   delete runs/EXPERIMENT (or every experiment with CONFIRM=yes)"
+	@echo "  distclean    clean + data/ + .venv (asks for CONFIRM=yes)"
+	@echo "Variables:"
+	@echo "  DATASET      one of: $(DATASETS)  (configs/DATASET.yaml)"
+	@echo "  CONFIG       the experiment file (default configs/DATASET.yaml)"
+	@echo "  RECIPE       layer configs/recipes/RECIPE.yaml on top (e.g. kaggle); EXPERIMENT defaults to DATASET_RECIPE"
+	@echo "  EXPERIMENT   run folder name under runs/: applies to train, predict, ensemble, submit, export"
+	@echo "  NAME         submissions/NAME.csv"
+	@echo "  MODELS       \"resnet50 resneat50 timm:efficientnet_b0\";  FOLDS \"0 1 2 3 4\";  EPOCHS 25"
+	@echo "  ARGS         any key=value of any stage (each stage takes its own), e.g. ARGS=\"lr=1e-3 tta_flip=true\""
+	@echo "  PREP_ARGS    key=value for prep only, e.g. PREP_ARGS=\"top_k=100 packed=true\""
+	@echo "  GLD_ROOT     GLD v1/v2 folder (DATASET=gld);  CIFAR_ROOT: folder with the CIFAR pickles"
+	@echo "  TEST_ROOT    the competition's test folder (sample_submission.csv + test/a/b/c/<id>.jpg)"
+	@echo "  SOURCE_ROOT  raw data folder for any other source;  EXPERIMENTS: \"a b\" for compare"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,17 +77,43 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-prep: $(STAMP)
-	$(PY) -m data_prep prep --config $(CONFIG) $(strip $(ROOT_ARG)) $(PREP_ARGS)
+check-dataset:
+	@test -f "$(CONFIG)" || { echo "error: no config $(CONFIG) for DATASET=$(DATASET) (valid: $(DATASETS))" >&2; exit 2; }
+	@if [ "$(DATASET)" = gld ] && [ -z "$(GLD_ROOT)$(SOURCE_ROOT)" ] && [ ! -f data/gld/prep_report.json ]; then \
+	  echo "error: DATASET=gld needs GLD_ROOT=/path/to/gldv2 (train.csv + train/a/b/c/<id>.jpg)" >&2; exit 2; fi
+	@case "$(DATASET)" in cifar*) if [ -z "$(CIFAR_ROOT)$(SOURCE_ROOT)" ] && [ ! -f data/$(DATASET)/prep_report.json ]; then \
+	  echo "error: DATASET=$(DATASET) needs CIFAR_ROOT=/path/containing/the CIFAR pickles" >&2; exit 2; fi;; esac
 
-folds: $(STAMP)
-	$(PY) -m data_prep folds --config $(CONFIG)
+settings: $(STAMP) check-dataset
+	@$(PY) -m pipeline settings $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
 
-train: folds
-	$(PY) -m pipeline train --config $(CONFIG) $(strip $(TRAIN_ARGS)) $(ARGS)
+prep: settings
+	$(PY) -m data_prep prep $(CONFIG_ARGS) $(strip $(ROOT_ARG) $(STAGE_ARGS)) $(PREP_ARGS)
 
-ensemble: $(STAMP)
-	$(PY) -m pipeline ensemble --config $(CONFIG) $(strip $(ENS_ARGS))
+folds: settings
+	$(PY) -m data_prep folds $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+train: settings
+	$(PY) -m pipeline train $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+predict: settings
+	$(PY) -m pipeline predict $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+embed: settings
+	$(PY) -m pipeline embed $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+ensemble: settings
+	$(PY) -m pipeline ensemble $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+submit: settings
+	$(PY) -m pipeline submit $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+export: settings
+	$(PY) -m pipeline export $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+
+compare: $(STAMP)
+	@test -n "$(EXPERIMENTS)" || { echo 'error: make compare needs EXPERIMENTS="a b ..." (folders of runs/)' >&2; exit 2; }
+	$(PY) -m pipeline compare $(EXPERIMENTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -62,8 +130,18 @@ bench: $(STAMP)
 models: $(STAMP)
 	$(PY) -m pipeline.models list --img-size 224
 
+models-names: $(STAMP)
+	@$(PY) -m pipeline.models list --names
+
 clean:
-	rm -rf runs submissions/*.csv folds/*.csv
+	rm -rf .pytest_cache .ruff_cache bench/out
+	find . -name __pycache__ -type d -not -path './.venv/*' -prune -exec rm -rf {} +
+
+clean-runs:
+	@if [ -n "$(EXPERIMENT)" ]; then echo "rm -rf runs/$(EXPERIMENT)"; rm -rf "runs/$(EXPERIMENT)"; \
+	elif [ "$(CONFIRM)" = yes ]; then echo "rm -rf runs"; rm -rf runs; \
+	else echo "error: say which: make clean-runs EXPERIMENT=name, or every experiment with CONFIRM=yes" >&2; exit 2; fi
 
 distclean: clean
-	rm -rf data $(VENV)
+	@if [ "$(CONFIRM)" = yes ]; then rm -rf data $(VENV) runs folds/*.csv submissions/*.csv; \
+	else echo "error: distclean deletes data/, runs/ and .venv: run it with CONFIRM=yes" >&2; exit 2; fi

@@ -49,6 +49,22 @@ def all_stage_configs() -> tuple[type, ...]:
     return (PrepConfig, FoldsConfig, *{_load(ref) for ref, *_ in STAGE_COMMANDS.values()})
 
 
+def settings(config: list[str] | None, overrides: list[str]) -> int:
+    """One line of what a make target is about to run, so a misspelt make variable shows."""
+    from pipeline.config import TrainConfig
+
+    cfg = load_stage_config(TrainConfig, "train", config, overrides, all_stage_configs())
+    epochs = {m: cfg.for_model(m).epochs for m in cfg.models}
+    shown = str(cfg.epochs) + "".join(f", {m} {e}" for m, e in epochs.items() if e != cfg.epochs)
+    print(
+        f"dataset={cfg.dataset} config={' + '.join(config or ['(none)'])} experiment={cfg.experiment} "
+        f"models={','.join(cfg.models)} folds={','.join(map(str, cfg.folds))} epochs={shown} "
+        f"recipe={cfg.optimizer} lr={cfg.lr:g} {cfg.schedule} batch={cfg.batch_size} img={cfg.img_size} "
+        f"head={cfg.pool}/{cfg.head}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     p = argparse.ArgumentParser(
@@ -71,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check a submission CSV the way Kaggle would")
     v.add_argument("file")
     v.add_argument("--sample", help="sample_submission.csv: every one of its ids exactly once, nothing else")
+    st = sub.add_parser("settings", help="print the resolved dataset, experiment, models, folds and recipe")
+    st.add_argument("--config", action="append")
+    st.add_argument("overrides", nargs="*")
     c = sub.add_parser("compare", help="model x experiment table and figure across experiments")
     c.add_argument("experiments", nargs="+")
     c.add_argument("--runs-root", default="runs")
@@ -80,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in STAGE_COMMANDS:
         cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides, all_stage_configs())
         return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
+    if args.cmd == "settings":
+        return settings(args.config, args.overrides)
     if args.cmd == "validate":
         return int(_load("pipeline.validate:main")(args.file, args.sample) or 0)
     return int(_load("pipeline.compare:main")(args.experiments, args.runs_root, args.out, args.metric) or 0)
