@@ -177,6 +177,9 @@ class _TimmStepped(Schedule):
 
     def __init__(self, optimizer, cfg: TrainConfig, steps_per_epoch: int) -> None:
         super().__init__(optimizer, cfg, steps_per_epoch)
+        self._set(cfg.lr)  # timm records each group's starting LR as its peak
+        for g in optimizer.param_groups:
+            g["initial_lr"] = cfg.lr
         self.timm = self._build(optimizer, cfg)
         self.timm.step_update(0)
 
@@ -193,17 +196,18 @@ class _TimmStepped(Schedule):
 
 
 class Cosine(_TimmStepped):
-    """Cosine from ``lr`` to ``min_lr`` over all epochs, per step, with a linear warm-up."""
+    """Linear warm-up to ``lr``, then cosine down to ``min_lr`` at the last step (stepped per optimizer step)."""
 
     def _build(self, optimizer, cfg):
         from timm.scheduler import CosineLRScheduler
 
         return CosineLRScheduler(
             optimizer,
-            t_initial=cfg.epochs * self.steps_per_epoch,
+            t_initial=max(1, cfg.epochs * self.steps_per_epoch - self.warmup_steps),
             lr_min=cfg.min_lr,
             warmup_t=self.warmup_steps,
             warmup_lr_init=cfg.warmup_lr,
+            warmup_prefix=True,  # the cosine starts at the peak after the warm-up and ends at min_lr
             t_in_epochs=False,
         )
 
