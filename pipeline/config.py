@@ -198,6 +198,10 @@ class TrainConfig:
 # ---- ensemble / submit (section ``ensemble:``; owned by pipeline/ensemble.py and pipeline/submit.py)
 @dataclass
 class EnsembleConfig:
+    """The ensemble and submit stages (``ensemble:`` section); see pipeline/ensemble.py."""
+
+    METHODS = ("mean", "weighted", "geometric")  # not a field: no annotation
+
     dataset: str = opt("synthetic", help="data set folder under data_root")
     data_root: str = opt("data", help="where prep wrote data/<dataset>/")
     runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
@@ -205,11 +209,68 @@ class EnsembleConfig:
     name: str = opt("default", help="submissions/<name>.csv")
     submissions_dir: str = opt("submissions", help="where submissions are written")
     models: list[str] = opt([], help="models to ensemble; empty = every model with finished folds")
-    weights: list[float] = opt([], help="one weight per entry of 'models'; empty = equal")
+    method: str = opt(
+        "mean", help="mean (equal weights) | weighted (given or fitted weights) | geometric (weighted log-mean)"
+    )
+    weights: list[float] = opt([], help="one weight >= 0 per entry of 'models' (weighted/geometric); empty = equal")
+    fit_weights: bool = opt(False, help="fit the weights on the out-of-fold predictions (weighted/geometric)")
+    fit_metric: str = opt("gap", help="what fitted weights maximise on OOF: gap | top1")
+    fit_seed: int = opt(0, help="seed of the OOF half split that measures how optimistic the fitted CV is")
+    tta: bool = opt(False, help="read <manifest>_tta.npz where present (else the plain file, with a warning)")
+    threshold: str = opt("none", help="none | tune | a confidence in [0, 1]: lower answers are left empty")
+    penalty: str = opt(
+        "none", help="none | tune | a strength in [0, 1]: lower the confidence of classes non-landmarks fall into"
+    )
+    tune_on: str = opt("oof+pool", help="tune threshold/penalty on: oof+pool | competition (when labelled)")
 
     def validate(self) -> None:
-        if self.weights and len(self.weights) != len(self.models):
-            raise ConfigError("ensemble: 'weights' needs one value per entry of 'models'")
+        for key, valid in (
+            ("method", self.METHODS),
+            ("fit_metric", ("gap", "top1")),
+            ("tune_on", ("oof+pool", "competition")),
+        ):
+            if getattr(self, key) not in valid:
+                raise ConfigError(
+                    f"ensemble: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
+                )
+        if self.weights:
+            if len(self.weights) != len(self.models):
+                raise ConfigError("ensemble: 'weights' needs one value per entry of 'models'")
+            if not all(math.isfinite(w) and w >= 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ConfigError(f"ensemble: weights must be finite, >= 0 and not all 0, got {self.weights}")
+        if self.method == "mean" and (self.weights or self.fit_weights):
+            raise ConfigError("ensemble: method 'mean' uses equal weights; use method=weighted (or geometric)")
+        if self.method == "weighted" and not (self.weights or self.fit_weights):
+            raise ConfigError("ensemble: method 'weighted' needs 'weights' or fit_weights=true")
+        if self.weights and self.fit_weights:
+            raise ConfigError("ensemble: give 'weights' or fit_weights=true, not both")
+        for key in ("threshold", "penalty"):  # parsed now: a bad value is one error at load time
+            self._setting(key, getattr(self, key))
+
+    @staticmethod
+    def _setting(key: str, value: str) -> float | str | None:
+        v = str(value).strip().lower()
+        if v in ("none", "off", "false", ""):
+            return None
+        if v == "tune":
+            return "tune"
+        try:
+            f = float(v)
+        except ValueError:
+            f = float("nan")
+        if not 0 <= f <= 1:
+            raise ConfigError(f"ensemble: {key} must be none, tune or a number in [0, 1], got '{value}'")
+        return f
+
+    @property
+    def threshold_setting(self) -> float | str | None:
+        """None (off), ``"tune"`` or the confidence below which answers are left empty."""
+        return self._setting("threshold", self.threshold)
+
+    @property
+    def penalty_setting(self) -> float | str | None:
+        """None (off), ``"tune"`` or the strength of the per-class non-landmark penalty."""
+        return self._setting("penalty", self.penalty)
 
 
 # ---- predict / embed (section ``predict:``; owned by pipeline/predict.py)
