@@ -25,9 +25,7 @@ from pipeline.models.standard import small_input_stem
 from pipeline.models.utils import freeze_backbone as _freeze_backbone
 
 
-def res_attention(
-    in_chs: int, out_chs: int, stride: int = 1, attn: str | None = "cbam", **attn_kw: Any
-) -> nn.Module:
+def res_attention(in_chs: int, out_chs: int, stride: int = 1, attn: str | None = "cbam", **attn_kw: Any) -> nn.Module:
     """Seed 003's ResAttention: a basic residual block with ``attn`` before the addition."""
     down = None
     if stride != 1 or in_chs != out_chs:

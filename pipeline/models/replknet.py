@@ -112,18 +112,12 @@ _PAPER = "Ding et al. 2022, Scaling Up Your Kernels to 31x31"
 
 
 @register_model(family="replknet", min_size=32, min_size_small=8, paper=_PAPER)
-def replknet_31b(
-    num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw
-) -> nn.Module:
+def replknet_31b(num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw) -> nn.Module:
     """RepLKNet-31B: channels 128-1024, 2/2/18/2 blocks, kernels 31/29/27/13 (+5x5 branch)."""
     return create_replknet("31b", num_classes, small_input, **kw)
 
 
-@register_model(
-    family="replknet", min_size=32, min_size_small=8, paper=_PAPER + "; repo-defined small config"
-)
-def replknet_31t(
-    num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw
-) -> nn.Module:
+@register_model(family="replknet", min_size=32, min_size_small=8, paper=_PAPER + "; repo-defined small config")
+def replknet_31t(num_classes: int = 1000, pretrained: bool = False, small_input: bool = False, **kw) -> nn.Module:
     """Small RepLKNet (not from the paper): channels 64-512, 2/2/6/2 blocks, same kernels."""
     return create_replknet("31t", num_classes, small_input, **kw)
