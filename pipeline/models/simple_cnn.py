@@ -3,6 +3,9 @@
 conv5x5-6 -> max-pool 2 -> conv5x5-16 -> max-pool 2 -> fc 400-120-84-num_classes (ReLU).
 At 32x32 input the feature map is exactly 16x5x5 = 400; an adaptive pool to 5x5 keeps the
 same head for other input sizes (identity at 32).
+
+``forward_features`` returns the 84 features the classifier reads as an (N, 84, 1, 1) map, so a
+head (:mod:`pipeline.models.heads`) keeps the whole LeNet and only replaces its last layer.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ class SimpleCNN(nn.Module):
         self.fc2 = nn.Linear(120, 84)
         self.fc = nn.Linear(84, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.features(x), 1)
-        x = torch.relu(self.fc1(x))
-        x = torch.relu(self.fc2(x))
-        return self.fc(x)
+        x = torch.relu(self.fc2(torch.relu(self.fc1(x))))
+        return x[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.forward_features(x).flatten(1))
 
 
 @register_model(family="simple", min_size=32, min_size_small=32, paper="LeCun et al. 1998 (LeNet-5); seed 002")

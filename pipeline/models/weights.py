@@ -1,0 +1,116 @@
+"""Local pretrained weights: ``create_model(name, pretrained="path/to/weights.pth")``.
+
+Kaggle kernels have no internet, so any model (registered or ``timm:<name>``) can start from a
+weights file instead of a download: the model is built with ``pretrained=False``, then the
+file's tensors are copied in by name. Accepted files: a plain state dict, or a dict holding it
+under ``"model"`` or ``"state_dict"`` (training checkpoints), as ``torch.save`` files (read with
+``weights_only=True``: no code runs) or ``.safetensors``. Key prefixes from DDP (``module.``),
+``torch.compile`` (``_orig_mod.``) and headed models (``backbone.``) are stripped.
+
+A tensor whose shape differs (the classifier of another class count, a swapped stem) is skipped
+and logged; model tensors the file lacks keep their initialisation and are logged. A file that
+is missing or unreadable, or that matches none of the model's tensors, is one clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from common.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+_PREFIXES = ("module.", "_orig_mod.")
+_NESTED = ("model", "state_dict")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did (names are the model's keys)."""
+
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # in the file, shape differs
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+
+
+def check_weights_path(path: str | os.PathLike) -> Path:
+    """The path as a :class:`Path`; one clear error when it is empty or not a file."""
+    if not str(path):
+        raise PipelineError("pretrained: empty weights file path")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise PipelineError(f"pretrained weights file '{p}' not found")
+    return p
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (see the module docstring), keys with prefixes stripped."""
+    p = check_weights_path(path)
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle, zip, safetensors header, permissions: one line
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise PipelineError(f"pretrained weights file '{p}' cannot be read: {reason}") from None
+    for key in _NESTED:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping):
+        raise PipelineError(f"pretrained weights file '{p}' holds a {type(obj).__name__}, not a state dict")
+    tensors = {}
+    for key, value in obj.items():
+        if isinstance(value, torch.Tensor):
+            for prefix in _PREFIXES:
+                key = key.removeprefix(prefix)
+            tensors[key] = value
+    if not tensors:
+        raise PipelineError(f"pretrained weights file '{p}' holds no tensors")
+    return tensors
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "") -> LoadReport:
+    """Copy the tensors of ``path`` into ``model`` by name and shape (in place); see the module docstring."""
+    file = read_state_dict(path)
+    own = model.state_dict()
+    report, matched, shape_differs = LoadReport(), {}, set()
+    for key, value in file.items():
+        target = key if key in own or not key.startswith("backbone.") else key.removeprefix("backbone.")
+        if target not in own:
+            report.unexpected.append(key)
+        elif own[target].shape != value.shape:
+            shape_differs.add(target)
+            report.skipped.append(f"{target} {tuple(value.shape)} in the file, {tuple(own[target].shape)} here")
+        else:
+            matched[target] = value
+    label = f"model '{name}'" if name else type(model).__name__
+    if not matched:
+        raise PipelineError(
+            f"pretrained weights file '{path}' matches none of {label}'s {len(own)} tensors "
+            f"(file keys e.g. {', '.join(list(file)[:3])}; model keys e.g. {', '.join(list(own)[:3])})"
+        )
+    model.load_state_dict(matched, strict=False)
+    report.loaded = sorted(matched)
+    report.missing = [
+        k for k in own if k not in matched and k not in shape_differs and not k.endswith("num_batches_tracked")
+    ]
+    log.info("%s: loaded %d of %d tensors from %s", label, len(matched), len(own), path)
+    if report.skipped:
+        log.info("%s: skipped (shape differs): %s", label, "; ".join(report.skipped))
+    if report.missing:
+        log.warning("%s: not in %s (left as initialised): %s", label, path, ", ".join(report.missing[:20]))
+    if report.unexpected:
+        log.info("%s: file tensors with no place in the model: %s", label, ", ".join(report.unexpected[:20]))
+    return report
