@@ -3,12 +3,16 @@
 Prints every registered model with its parameter count and MACs at the given input size (see
 :mod:`pipeline.models.profile`). A model that cannot take the input (smaller than its minimum
 size, or no small-input variant) is listed with '-' and the reason instead of failing the listing.
+``list --names`` prints the matching names only, at once (no model is built). The full listing
+builds every model (about a minute for all of them) and shows its progress on stderr when stderr
+is a terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from dataclasses import dataclass
 
@@ -75,7 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--small-input", action="store_true", help="use the small-input (CIFAR) stem")
     ls.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ls.add_argument("--names", action="store_true", help="print the names only (instant: no model is built)")
     return parser
+
+
+def _progress(i: int, n: int, name: str) -> None:
+    """``[i/n] name`` on one rewritten stderr line (only when stderr is a terminal)."""
+    if sys.stderr.isatty():
+        end = "\n" if i == n else ""
+        sys.stderr.write(f"\r\033[K[{i}/{n}] {name}{end}")
+        sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted({n for pattern in args.pattern.split(",") for n in list_models(pattern.strip())})
         if not names:
             raise PipelineError(f"no model matches pattern '{args.pattern}'")
+        if args.names:
+            print("\n".join(names))
+            return 0
         if args.num_classes <= 0:
             raise PipelineError(f"--num-classes must be positive, got {args.num_classes}")
-        rows = [_safe_profile(n, args) for n in names]
+        rows = []
+        for i, name in enumerate(names, 1):
+            _progress(i, len(names), name)
+            rows.append(_safe_profile(name, args))
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -108,4 +127,8 @@ def _safe_profile(name: str, args: argparse.Namespace) -> Row:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... list --names | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
