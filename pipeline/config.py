@@ -281,6 +281,64 @@ class PredictConfig:
     runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
     experiment: str = opt("default", help="which experiment's finished runs predict")
     models: list[str] = opt([], help="models to predict with; empty = every model with finished folds")
+    folds: list[int] = opt([], help="folds to predict with; empty = every finished fold (-1 = holdout)")
+    manifests: list[str] = opt(
+        [],
+        help="what to predict: test | competition | nonlandmark | oof (the fold's validation rows) | any "
+        "data/<dataset>/<name>.csv; empty = every one of competition, nonlandmark, test that exists",
+    )
+    folds_dir: str = opt("folds", help="where the fold files are (only 'oof' needs them)")
+    tta_flip: bool = opt(False, help="test-time augmentation: also predict the mirrored image")
+    tta_scales: list[float] = opt(
+        [1.0], help="TTA scales: s = the same view at s x the pixels (cached image resized by s, centre crop)"
+    )
+    batch_size: int = opt(64, help="images per forward pass per process")
+    num_workers: int = opt(0, help="DataLoader worker processes")
+    mixed_precision: str = opt("auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16")
+    channels_last: str = opt("auto", help="auto | true | false")
+    cpu: bool = opt(False, help="force the CPU even with a GPU")
+    probs_dtype: str = opt("float16", help="stored probabilities: float16 (half the disk) | float32")
+    progress: bool = opt(True, help="progress bar (only when stderr is a terminal)")
+    images: str | None = opt(None, help="a folder of your own photos (recursive; id = file stem): top-k CSV")
+    out: str | None = opt(None, help="images=DIR output CSV (default <runs_root>/<experiment>/predictions_<dir>.csv)")
+    top_k: int = opt(5, help="images=DIR: landmarks per image in the CSV")
+    bundle: str | None = opt(None, help="an export bundle folder: predict with its runs instead of runs_root")
+    test_root: str | None = opt(None, help="the competition folder, read directly (no prep); writes a workspace")
+    test_format: str = opt("auto", help="test_root layout: auto | glr2020 | glr2019 | folder")
+    work_dir: str = opt("work", help="test_root: workspace <work_dir>/data/<dataset>/ + <work_dir>/runs/<experiment>/")
+    workers: int = opt(2, help="threads decoding and resizing images (images=DIR, test_root=DIR)")
+
+    def validate(self) -> None:
+        for key in ("batch_size", "top_k", "workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"predict: {key} must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"predict: num_workers must be >= 0, got {self.num_workers}")
+        if not self.tta_scales or not all(math.isfinite(s) and s > 0 for s in self.tta_scales):
+            raise ConfigError(f"predict: tta_scales must be numbers > 0, got {self.tta_scales}")
+        if len(set(self.tta_scales)) != len(self.tta_scales):
+            raise ConfigError(f"predict: tta_scales has a repeated scale: {self.tta_scales}")
+        for key, valid in (
+            ("probs_dtype", ("float16", "float32")),
+            ("mixed_precision", ("auto", "no", "bf16", "fp16")),
+            ("test_format", ("auto", "glr2020", "glr2019", "folder")),
+        ):
+            if getattr(self, key) not in valid:
+                raise ConfigError(
+                    f"predict: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
+                )
+        self.channels_last = str(self.channels_last).lower()
+        if self.channels_last not in ("auto", "true", "false"):
+            raise ConfigError(f"predict: channels_last must be auto|true|false, got '{self.channels_last}'")
+        if self.images and self.test_root:
+            raise ConfigError("predict: give images=DIR (your photos) or test_root=DIR (the competition), not both")
+        if self.bundle and not (self.images or self.test_root):
+            raise ConfigError("predict: bundle=DIR needs test_root=DIR (the competition folder) or images=DIR")
+
+    @property
+    def tta(self) -> bool:
+        """True when any test-time augmentation is on (the output files get the ``_tta`` suffix)."""
+        return self.tta_flip or list(self.tta_scales) != [1.0]
 
 
 # ---- export (section ``export:``; owned by pipeline/export.py)
@@ -291,3 +349,7 @@ class ExportConfig:
     runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
     experiment: str = opt("default", help="the experiment to export")
     out_dir: str = opt("export", help="bundle folder: <out_dir>/<experiment>/")
+    models: list[str] = opt([], help="models to export; empty = every model with finished folds")
+    folds: list[int] = opt([], help="folds to export; empty = every finished fold")
+    fuse: bool = opt(True, help="save re-parameterised (fused) weights of models that have reparameterize()")
+    wheel: bool = opt(True, help="build the project's wheel into the bundle (offline: pip wheel --no-index)")
