@@ -9,7 +9,8 @@ under ``"model"`` or ``"state_dict"`` (training checkpoints), as ``torch.save`` 
 
 A tensor whose shape differs (the classifier of another class count, a swapped stem) is skipped
 and logged; model tensors the file lacks keep their initialisation and are logged. A file that
-is missing or unreadable, or that matches none of the model's tensors, is one clear error.
+is missing or unreadable, or that matches none of the model's tensors outside its classifier
+(e.g. the weights of another architecture), is one clear error.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _classifier_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the classifier (``'fc.'`` for a ResNet); one no key has when none."""
+    from pipeline.models.utils import classifier_of
+
+    try:
+        head = classifier_of(model)
+    except ValueError:
+        return "\0"
+    return next((f"{n}." for n, m in model.named_modules() if m is head and n), "\0")
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "") -> LoadReport:
     """Copy the tensors of ``path`` into ``model`` by name and shape (in place); see the module docstring."""
     file = read_state_dict(path)
@@ -96,10 +108,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "") -> L
         else:
             matched[target] = value
     label = f"model '{name}'" if name else type(model).__name__
-    if not matched:
+    head = _classifier_prefix(model)
+    if not any(not k.startswith(head) for k in matched):
+        trunk = [k for k in own if not k.startswith(head)]
         raise PipelineError(
-            f"pretrained weights file '{path}' matches none of {label}'s {len(own)} tensors "
-            f"(file keys e.g. {', '.join(list(file)[:3])}; model keys e.g. {', '.join(list(own)[:3])})"
+            f"pretrained weights file '{path}' matches none of the {len(trunk)} tensors of {label} outside "
+            f"its classifier (file keys e.g. {', '.join(list(file)[:3])}; model keys e.g. {', '.join(trunk[:3])})"
         )
     model.load_state_dict(matched, strict=False)
     report.loaded = sorted(matched)
