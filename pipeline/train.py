@@ -370,7 +370,11 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
         init_weights_from(model, cfg.init_from, cfg.runs_root)
     info = _profile(model, cfg.img_size)
     if cfg.sync_bn and accelerator.num_processes > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if accelerator.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            log.info("%s: BatchNorm layers synchronised across %d processes", model_name, accelerator.num_processes)
+        else:  # torch's SyncBatchNorm refuses CPU modules
+            log.warning("sync_bn=true has no effect on %s (SyncBatchNorm needs GPUs)", accelerator.device)
     optimizer = build_optimizer(model, cfg)
     train_input = build_train_input(data_dir, rows["train"], cfg)
     eval_names = [s for s in ("val", "test", schema.NONLANDMARK) if s in rows]
