@@ -1,0 +1,154 @@
+"""Check a submission CSV the way Kaggle would: ``python -m pipeline validate FILE [--sample S]``.
+
+Google Landmark Recognition format: header exactly ``id,landmarks``; one row per test id; the
+``landmarks`` cell empty (no answer) or ``"<landmark_id> <confidence>"`` (one prediction: a
+non-negative integer and a finite number). With ``--sample sample_submission.csv``: every id
+of the sample exactly once and no other id (order does not matter to Kaggle). Blank lines are
+skipped, as Kaggle's CSV reader does.
+
+Every problem is one line ``FILE:LINE: what`` (at most :data:`MAX_PER_KIND` of a kind, then a
+count); exit status 1 when there is any, else 0 and one ``OK`` line.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+from common.errors import DataError
+
+HEADER = ["id", "landmarks"]
+MAX_PER_KIND = 20
+_CELL = re.compile(r"(\d+) +(\S+)")
+
+
+class _Problems:
+    """Problem lines, capped per kind so a wrong file does not print 100k lines."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.lines, self.counts = name, [], Counter()
+
+    def add(self, kind: str, line: int | None, what: str) -> None:
+        self.counts[kind] += 1
+        if self.counts[kind] <= MAX_PER_KIND:
+            self.lines.append(f"{self.name}:{line}: {what}" if line else f"{self.name}: {what}")
+
+    def finish(self) -> list[str]:
+        more = [
+            f"{self.name}: ... and {c - MAX_PER_KIND} more ({k})" for k, c in self.counts.items() if c > MAX_PER_KIND
+        ]
+        return self.lines + more
+
+
+def read_sample_ids(path: str | Path) -> list[str]:
+    """The ``id`` column of a sample submission, in order (one DataError line if unusable)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header or "id" not in header:
+                raise DataError(f"{path}: no 'id' column in the header (a sample_submission.csv has 'id,landmarks')")
+            col = header.index("id")
+            return [row[col] for row in reader if row and len(row) > col]
+    except FileNotFoundError:
+        raise DataError(f"sample submission not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__})") from None
+
+
+def check_cell(cell: str) -> str | None:
+    """What is wrong with a ``landmarks`` cell, or None (empty is fine: no answer)."""
+    cell = cell.strip()
+    if not cell:
+        return None
+    m = _CELL.fullmatch(cell)
+    if not m:
+        n = len(cell.split())
+        if n > 2:
+            return f"landmarks '{cell[:40]}' has {n} tokens; expected one prediction '<landmark_id> <confidence>'"
+        return f"landmarks '{cell[:40]}' is not '<landmark_id> <confidence>'"
+    try:
+        conf = float(m.group(2))
+    except ValueError:
+        return f"confidence '{m.group(2)}' is not a number"
+    if not math.isfinite(conf):
+        return f"confidence '{m.group(2)}' is not finite"
+    return None
+
+
+def validate_submission(
+    path: str | Path, sample_ids: list[str] | None = None, name: str | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """Problems of a submission file (``name`` in the messages, default the path) and its counts
+    ``{"rows", "answers", "empty"}``."""
+    path = Path(path)
+    probs = _Problems(name or str(path))
+    stats = {"rows": 0, "answers": 0, "empty": 0}
+    seen: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                probs.add("header", 1, "empty file (expected the header 'id,landmarks')")
+                return probs.finish(), stats
+            if header != HEADER:
+                bom = " (it starts with a byte-order mark)" if header and header[0].startswith("\ufeff") else ""
+                probs.add("header", 1, f"header must be exactly 'id,landmarks', got '{','.join(header)}'{bom}")
+            for row in reader:
+                line = reader.line_num
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                if len(row) != 2:
+                    probs.add("fields", line, f"{len(row)} fields, expected 2 (id,landmarks)")
+                    continue
+                rid, cell = row
+                stats["rows"] += 1
+                if not rid.strip():
+                    probs.add("id", line, "empty id")
+                elif rid in seen:
+                    probs.add("duplicate", line, f"id '{rid}' appears again (first on line {seen[rid]})")
+                else:
+                    seen[rid] = line
+                what = check_cell(cell)
+                if what:
+                    probs.add("landmarks", line, what)
+                elif cell.strip():
+                    stats["answers"] += 1
+                else:
+                    stats["empty"] += 1
+    except FileNotFoundError:
+        probs.add("file", None, "file not found")
+        return probs.finish(), stats
+    except UnicodeDecodeError as e:
+        probs.add("file", None, f"not UTF-8 text (byte {e.start})")
+        return probs.finish(), stats
+    except csv.Error as e:
+        probs.add("file", None, f"not a readable CSV ({e})")
+        return probs.finish(), stats
+    if sample_ids is not None:
+        expected = set(sample_ids)
+        for rid, line in seen.items():
+            if rid not in expected:
+                probs.add("unknown", line, f"id '{rid}' is not in the sample submission")
+        for i, rid in enumerate(sample_ids):
+            if rid not in seen:
+                probs.add("missing", None, f"id '{rid}' of the sample submission (line {i + 2}) is missing")
+    return probs.finish(), stats
+
+
+def main(file: str, sample: str | None = None) -> int:
+    """CLI face: one line per problem and exit 1, or one OK line and exit 0."""
+    sample_ids = read_sample_ids(sample) if sample else None
+    problems, stats = validate_submission(file, sample_ids)
+    for p in problems:
+        print(p)
+    if problems:
+        return 1
+    against = f"; every id of {sample} exactly once" if sample else ""
+    print(f"{file}: OK: {stats['rows']} rows, {stats['answers']} answers, {stats['empty']} empty{against}")
+    return 0
