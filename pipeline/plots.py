@@ -187,60 +187,61 @@ def _model_colors(n: int) -> list:
 def plot_experiment_curves(runs_root: str | Path, experiment: str, path: str | Path) -> Path | None:
     """Validation top-1 and GAP per epoch of every model of an experiment on one figure.
 
-    Per model: the mean over its folds (line) and the fold range (band) when it has several;
-    the legend gives each model's best fold-mean score. Seed 002 compares its nets this way.
-    Returns None (and writes nothing) when no run of the experiment has a ``metrics.csv``.
+    Per model: the mean over its folds (line) and, with up to 6 models, the fold range (band).
+    The legend, right of the panels, ranks the models by their best fold-mean score. Seed 002
+    compares its nets this way. Returns None (writes nothing) when no run has a ``metrics.csv``.
     """
     hist = read_histories(runs_root, experiment)
-    if not hist:
-        return None
     metrics = [m for m in ("val_top1", "val_gap") if any(m in h and h[m].notna().any() for h in hist.values())]
     if not metrics:
         return None
     n = len(hist)
-    legend_rows = math.ceil(n / 3)
-    height = 3.3 + 0.19 * legend_rows
-    fig = _figure(10.5 if len(metrics) > 1 else 6.0, height)
+    best = {
+        model: [h.groupby("epoch")[m].mean().max() if m in h else np.nan for m in metrics] for model, h in hist.items()
+    }
+    labels = {}
+    for model, h in hist.items():
+        running = "" if h.groupby("fold")["done"].first().all() else ", running"
+        scores = " / ".join(f"{v:.3f}" for v in best[model])
+        labels[model] = f"{_short(model, 24)} ({h['fold'].nunique()}f{running})  {scores}"
+    legend_w = min(3.4, 0.05 * max(len(t) for t in labels.values()) + 0.6)
+    height = max(3.3, 0.2 * n + 1.2)
+    fig = _figure((4.6 if len(metrics) > 1 else 5.0) * len(metrics) + legend_w, height)
     axes = np.atleast_1d(fig.subplots(1, len(metrics)))
-    colors = _model_colors(n)
+    colors = dict(zip(hist, _model_colors(n)))
     for ax, metric in zip(axes, metrics):
         values = []
-        for (model, h), color in zip(hist.items(), colors):
+        for model, h in hist.items():
             if metric not in h or not h[metric].notna().any():
                 continue
             g = h.groupby("epoch")[metric]
             mean = g.mean()
-            k = h["fold"].nunique()
-            unfinished = not h.groupby("fold")["done"].first().all()
-            label = f"{_short(model, 26)} ({k} fold{'s' if k > 1 else ''}{', running' if unfinished else ''})"
-            bests = [
-                f"{METRIC_LABELS[c.removeprefix('val_')]} {h.groupby('epoch')[c].mean().max():.3f}"
-                for c in metrics
-                if c in h and h[c].notna().any()
-            ]
-            label += "  best " + ", ".join(bests)
-            ax.plot(
-                mean.index,
-                mean.to_numpy(),
-                lw=1.8,
-                color=color,
-                label=label,
-                marker="o" if len(mean) <= 30 else None,
-                ms=3,
-            )
-            if k > 1:
-                ax.fill_between(mean.index, g.min().to_numpy(), g.max().to_numpy(), color=color, alpha=0.15, lw=0)
+            marker = "o" if len(mean) <= 30 else None
+            ax.plot(mean.index, mean.to_numpy(), lw=1.8, color=colors[model], marker=marker, ms=3)
+            if h["fold"].nunique() > 1 and n <= 6:
+                ax.fill_between(mean.index, g.min(), g.max(), color=colors[model], alpha=0.15, lw=0)
             values.append(h[metric].to_numpy(dtype=float))
         ax.set_ylim(*score_limits(np.concatenate(values), min_span=0.05))
-        ax.set_title(
-            f"validation {METRIC_LABELS[metric.removeprefix('val_')]} (fold mean, band = fold range)", fontsize=10
-        )
+        band = ", band = fold range" if n <= 6 else ""
+        ax.set_title(f"validation {METRIC_LABELS[metric.removeprefix('val_')]} (fold mean{band})", fontsize=10)
         _epoch_axis(ax)
         ax.tick_params(labelsize=8)
-    handles, labels = axes[0].get_legend_handles_labels()
+    from matplotlib.lines import Line2D
+
+    ranked = sorted(hist, key=lambda m: -np.nan_to_num(best[m][0], nan=-1.0))
+    handles = [Line2D([], [], lw=1.8, color=colors[m], marker="o", ms=3) for m in ranked]
+    what = " / ".join(METRIC_LABELS[m.removeprefix("val_")] for m in metrics)
     fig.suptitle(f"{experiment}: validation curves of {n} model{'s' if n > 1 else ''}", fontsize=11)
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, n), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, (0.12 + 0.19 * legend_rows) / height, 1, 1))
+    fig.legend(
+        handles,
+        [labels[m] for m in ranked],
+        loc="center right",
+        fontsize=7.5,
+        frameon=False,
+        title=f"best {what}",
+        title_fontsize=8,
+    )
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
     return _save(fig, path)
 
 
@@ -525,9 +526,11 @@ def plot_compare(
     axes[0].set_ylim(n - 0.5, -0.5)
     from matplotlib.lines import Line2D
 
-    legend = [
-        Line2D([], [], ls="", marker="o", ms=6, color=c, label=_short(e, 30)) for e, c in zip(experiments, colors)
-    ]
+    legend = []
+    for e, c in zip(experiments, colors):
+        prec = "/".join(sorted(set(table.loc[table["experiment"] == e, "precision"].dropna().astype(str))))
+        label = _short(e, 30) + (f" ({prec})" if prec else "")
+        legend.append(Line2D([], [], ls="", marker="o", ms=6, color=c, label=label))
     legend.append(Line2D([], [], ls="", marker="D", ms=5, mfc="white", mec="0.3", label="test"))
     fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 5), fontsize=8, frameon=False)
     if title:
