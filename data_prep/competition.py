@@ -293,6 +293,8 @@ def read_extra_sets(
     if nonlandmark_root is not None:
         extra.nonlandmark_root = Path(nonlandmark_root)
         extra.nonlandmark = read_image_tree(nonlandmark_root)
+        if extra.nonlandmark.empty:
+            raise DataError(f"{nonlandmark_root}: no image files found (nonlandmark_root must hold images)")
     _check_disjoint(extra)
     return extra
 
@@ -310,15 +312,15 @@ def _check_disjoint(extra: ExtraSets) -> None:
 
 def check_unique_ids(extra: ExtraSets, source: pd.DataFrame, what: str) -> None:
     """Every id must name one image across all manifests (caches and packed rows are keyed by id)."""
-    src_of = dict(zip(source["id"], source["src"]))
     for name, df in (("competition test image", extra.competition), ("non-landmark image", extra.nonlandmark)):
         if df is None:
             continue
-        clash = df["id"].isin(src_of.keys())
+        clash = df["id"].isin(source["id"])  # hashed: fast on GLD's 1.5M training rows
         if clash.any():
             r = df[clash].iloc[0]
+            other = source.loc[source["id"] == r["id"], "src"].iloc[0]
             raise DataError(
-                f"{name} id '{r['id']}' ({r['src']}) is also an image of {what} ({src_of[r['id']]}): "
+                f"{name} id '{r['id']}' ({r['src']}) is also an image of {what} ({other}): "
                 "ids must be unique across the training source, the test set and the non-landmark folder"
             )
 

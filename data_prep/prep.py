@@ -22,6 +22,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -329,13 +330,15 @@ def _drop_stale(rows: pd.DataFrame, out: Path, fmt: str) -> None:
     """Delete cached files older than their source (a replaced test image under the same id).
 
     The cache is keyed by id; the competition and non-landmark folders are user folders whose
-    files may be swapped between runs, so their cached copies are checked against the mtime.
+    files may be swapped between runs, so their cached copies are checked against the source's
+    mtime and ctime (ctime also catches a replacement that kept an old mtime, e.g. from a tar).
     """
     ext = FORMATS[fmt]
     for image_id, src in zip(rows["id"], rows["src"]):
         cached = out / cache_relpath(image_id, ext)
         try:
-            if cached.stat().st_mtime_ns < Path(src).stat().st_mtime_ns:
+            st = os.stat(src)
+            if cached.stat().st_mtime_ns < max(st.st_mtime_ns, st.st_ctime_ns):
                 cached.unlink()
         except FileNotFoundError:
             continue
