@@ -295,3 +295,44 @@ def test_written_prediction_meta_is_what_the_checks_read(root):
     p = np.load(root / "runs" / "exp" / "m1" / "fold0" / "test.npz")
     meta = json.loads(str(p["meta"]))
     assert meta["label_map_sha"] == schema.label_map_sha(label_map()) and meta["num_classes"] == 3
+
+
+def test_files_without_meta_from_older_runs_still_ensemble(tmp_path):
+    write_data(tmp_path)
+    for model, fold in TESTS:
+        d = run_dir(tmp_path, model, fold)
+        ids, probs, labels = OOF[model, fold]
+        np.savez(d / "oof.npz", ids=np.array(ids), probs=np.array(probs, np.float32), labels=np.array(labels))
+        np.savez(
+            d / "test.npz",
+            ids=np.array(TEST_IDS),
+            probs=TESTS[model, fold].astype(np.float32),
+            labels=np.array(TEST_LABELS),
+        )
+    sub = pd.read_csv(run_ensemble(config(tmp_path))["submission"], dtype=str)
+    assert list(sub["id"]) == TEST_IDS and sub["landmarks"].iloc[0] == "1234 0.550000"
+
+
+def test_streaming_holds_one_prediction_file_at_a_time(root, monkeypatch):
+    import weakref
+
+    import pipeline.ensemble as ens
+
+    alive, most = [0], [0]
+
+    class Loaded(dict):
+        pass
+
+    def load(path, dtype=None):
+        assert dtype is None  # the stored precision is kept (float16 stays float16)
+        out = Loaded(real_load(path, dtype))
+        alive[0] += 1
+        most[0] = max(most[0], alive[0])
+        weakref.finalize(out, lambda: alive.__setitem__(0, alive[0] - 1))
+        return out
+
+    real_load = ens.load_predictions
+    monkeypatch.setattr(ens, "load_predictions", load)
+    out = _stream(root, {"m1": 0.5, "m2": 0.5})
+    assert most[0] == 1 and alive[0] == 0  # 4 files read, never two alive together
+    np.testing.assert_allclose(out.probs, ((T_A + T_B) / 2 + T_B) / 2, atol=1e-6)
