@@ -838,12 +838,12 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
     infos = check_runs(src.runs, src.data_dir, src.label_map, src.label_map_path, src.prep, tta)
     work = Path(cfg.work_dir)
     wdata, wruns = work / "data" / src.dataset, work / "runs" / src.experiment
+    check_workspace(wdata, [wruns / i.model_name / i.run_dir.name for i in infos])
     accelerator = make_accelerator(cfg)
     written: list[Path] = []
     with contextlib.ExitStack() as locks:
         if accelerator.is_main_process:
             locks.enter_context(folder_lock(work, "predict test_root"))
-            check_workspace(wdata, [wruns / i.model_name / i.run_dir.name for i in infos])
             shutil.rmtree(wdata / "images", ignore_errors=True)  # never mix images of another test folder
             rows, failed = cache_like_prep(items, wdata, src.prep, cfg.workers, cfg.progress)
             status = items["id"].map(lambda i: failed.get(i, "ok"))
