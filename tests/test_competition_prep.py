@@ -363,3 +363,21 @@ def test_packed_cache_covers_every_manifest(tmp_path):
     rel = schema.read_manifest(out, schema.COMPETITION).set_index("id").loc[ids[0], "image"]
     with Image.open(out / rel) as im:
         assert (arr[row] == np.asarray(im.convert("RGB"))).all()  # the same pixels as the file cache
+
+
+def test_bad_nonlandmark_and_solution_settings_are_clear(tmp_path):
+    from common.errors import ConfigError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty: no image files found"):
+        run_prep(comp_cfg(tmp_path, test_root=None, nonlandmark_root=str(tmp_path / "empty")), progress=False)
+    with pytest.raises(DataError, match="image folder not found"):
+        run_prep(comp_cfg(tmp_path, test_root=None, nonlandmark_root=str(tmp_path / "nope")), progress=False)
+    with pytest.raises(ConfigError, match="solution_csv is set but test_root is not"):
+        run_prep(comp_cfg(tmp_path, test_root=None, solution_csv=str(tmp_path / "s.csv")), progress=False)
+    make_glr2020(tmp_path / "comp", n=2)
+    make_nonlandmark(tmp_path / "nl", 2)
+    dup = tmp_path / "nl" / f"{comp_id(1)}.jpg"
+    Image.new("RGB", (8, 8)).save(dup, "JPEG")
+    with pytest.raises(DataError, match=f"id '{comp_id(1)}' is both a competition test image"):
+        run_prep(comp_cfg(tmp_path, nonlandmark_root=str(tmp_path / "nl")), progress=False)
