@@ -530,10 +530,17 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
             oofs[name], fold_rows = _model_oof(name, files[name], runs[name], checker)
             plan.rows += fold_rows
         ids, labels, parts = _align(oofs)
+        if not len(ids) and (cfg.fit_weights or tune_oof):
+            raise DataError(
+                f"{cfg.experiment}: no id is out-of-fold for every model (different folds?): nothing to fit on"
+            )
         if cfg.fit_weights:
             _fit(plan, parts, labels)
-        probs = blend(parts, np.array([plan.weights[n] for n in names]), cfg.method)
-        plan.oof = Preds(ids, labels, probs, "oof")
+        if len(ids):
+            probs = blend(parts, np.array([plan.weights[n] for n in names]), cfg.method)
+            plan.oof = Preds(ids, labels, probs, "oof")
+        else:
+            log.warning("no id is out-of-fold for every model (different folds?): no ensemble CV")
         for name in names:
             o = oofs[name]
             plan.rows.append(_row(name, "cv", o, weight=float(plan.weights[name])))

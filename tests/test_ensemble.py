@@ -336,3 +336,17 @@ def test_streaming_holds_one_prediction_file_at_a_time(root, monkeypatch):
     out = _stream(root, {"m1": 0.5, "m2": 0.5})
     assert most[0] == 1 and alive[0] == 0  # 4 files read, never two alive together
     np.testing.assert_allclose(out.probs, ((T_A + T_B) / 2 + T_B) / 2, atol=1e-6)
+
+
+def test_models_without_common_oof_ids(root, caplog):
+    import shutil
+
+    shutil.rmtree(root / "runs" / "exp" / "m1" / "fold1")  # m1: ids a, b; m2 fold0 gone: ids c, d
+    shutil.rmtree(root / "runs" / "exp" / "m2" / "fold0")
+    with caplog.at_level(logging.WARNING):
+        rows = run_ensemble(config(root))["rows"]
+    assert any("no id is out-of-fold for every model" in r.message for r in caplog.records)
+    assert ("ensemble", "cv") not in set(zip(rows["model"], rows["fold"]))
+    assert ("ensemble", "test") in set(zip(rows["model"], rows["fold"]))
+    with pytest.raises(DataError, match="nothing to fit on"):
+        run_ensemble(config(root, method="weighted", fit_weights=True))
