@@ -269,13 +269,18 @@ def run_log(out: Path, accelerator: Accelerator) -> Iterator[None]:
         yield
         return
     handler = logging.FileHandler(out / schema.RUN_LOG, encoding="utf-8")
+    handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger()
+    root, ours = logging.getLogger(), logging.getLogger("pipeline")
+    level = ours.level
+    if ours.getEffectiveLevel() > logging.INFO:  # the run's log keeps the epoch lines whatever the console shows
+        ours.setLevel(logging.INFO)
     root.addHandler(handler)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        ours.setLevel(level)
         handler.close()
 
 
@@ -650,6 +655,7 @@ def fit(
     ``last.pt``. A fold trained with another recipe or on other data is an error.
     """
     accelerator = accelerator or make_accelerator(cfg)
+    progress = progress or Progress(cfg.epochs)
     out = schema.run_dir(cfg.runs_root, cfg.experiment, model_name, fold)
     data_dir = Path(cfg.data_root) / cfg.dataset
     schema.read_label_map(data_dir)  # a missing prep is one line before anything is created
@@ -663,8 +669,7 @@ def fit(
         if cfg.resume and (out / schema.RUN_DONE).is_file():
             if saved and saved.get("epochs", cfg.epochs) >= cfg.epochs:
                 log.info("%s: already finished, skipped (delete the folder to retrain)", out)
-                if progress is not None:
-                    progress.skip(cfg.epochs)
+                progress.skip(cfg.epochs)
                 return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
             log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
             accelerator.wait_for_everyone()
@@ -673,8 +678,7 @@ def fit(
         with run_log(out, accelerator):
             run = build_run(cfg, model_name, fold, out, accelerator, ident)
             state = resume_state(run, accelerator)
-            if progress is not None:
-                progress.skip(state.epoch)
+            progress.skip(state.epoch)
             write_run_config(run, accelerator)
             log.info(
                 "%s: %s, %s params, input path %s, %s on %s",
