@@ -593,6 +593,24 @@ def check_runs(
     return infos
 
 
+def lock_folders(stack: contextlib.ExitStack, folders: list[Path], accelerator, what: str) -> None:
+    """The main process locks every output folder (one writer each); under several processes a
+    refused lock stops every rank at once instead of leaving the others waiting in a collective."""
+    error = None
+    if accelerator.is_main_process:
+        try:
+            for folder in folders:
+                stack.enter_context(folder_lock(folder, what))
+        except PipelineError as e:
+            error = str(e)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
+    if error:
+        raise PipelineError(error)
+
+
 def run_predict(cfg: PredictConfig) -> list[Path]:
     """Predict the requested manifests with every finished run; returns the files written."""
     if cfg.images:
@@ -620,9 +638,7 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
     accelerator = make_accelerator(cfg)
     written: list[Path] = []
     with contextlib.ExitStack() as locks:
-        if accelerator.is_main_process:
-            for info in infos:
-                locks.enter_context(folder_lock(info.run_dir, "predict"))
+        lock_folders(locks, [i.run_dir for i in infos], accelerator, "predict")
         for info, job, out in iter_predictions(infos, jobs, cfg, accelerator, tta):
             path = info.run_dir / schema.pred_file(job.manifest, tta.on)
             if accelerator.is_main_process:
@@ -686,6 +702,17 @@ def cache_like_prep(
         }
     )
     return rows.reset_index(drop=True), failed
+
+
+def decode_identity(info: RunInfo, fallback: PrepIdentity | None) -> PrepIdentity:
+    """How to decode images for a run: what it recorded, completed by ``fallback`` (the data set's
+    or bundle's identity, which also knows the cache format and JPEG quality)."""
+    if fallback is None:
+        return info.prep
+    if not info.prep.recorded:
+        return fallback
+    known = {k: v for k, v in info.prep.as_dict().items() if v is not None}
+    return PrepIdentity.from_dict({**fallback.as_dict(), **known})
 
 
 @dataclass
@@ -777,7 +804,7 @@ def predict_images(cfg: PredictConfig) -> Path:
     accelerator = make_accelerator(cfg)
     groups: dict[tuple, list[RunInfo]] = {}  # runs that see the same pixels share one decode
     for info in infos:
-        groups.setdefault((src.prep or info.prep).decode_settings(), []).append(info)
+        groups.setdefault(decode_identity(info, src.prep).decode_settings(), []).append(info)
     total = np.zeros((len(items), len(src.label_map)), dtype=np.float64)
     failed: dict[str, str] = {}
     tmp = _shared_tempdir(accelerator, out.parent, ".predict_images_")
@@ -785,7 +812,8 @@ def predict_images(cfg: PredictConfig) -> Path:
         for n, members in enumerate(groups.values()):
             cache_dir = tmp / str(n)
             if accelerator.is_main_process:
-                rows, failed = cache_like_prep(items, cache_dir, src.prep or members[0].prep, cfg.workers, cfg.progress)
+                prep = decode_identity(members[0], src.prep)
+                rows, failed = cache_like_prep(items, cache_dir, prep, cfg.workers, cfg.progress)
                 write_csv(cache_dir / "images.csv", rows)
             accelerator.wait_for_everyone()
             rows = pd.read_csv(cache_dir / "images.csv", dtype={"id": str, "image": str})
@@ -825,10 +853,7 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
     are decoded like that prep); ``<work_dir>/runs/<experiment>/<model>/fold<k>/``: config.yaml,
     competition.npz, DONE.
     """
-    try:
-        from data_prep.competition import read_competition_images
-    except ImportError as e:  # pragma: no cover - the module ships with data_prep
-        raise PipelineError(f"reading a competition folder needs data_prep.competition ({e})") from None
+    from data_prep.competition import read_competition_images
 
     src = run_source(cfg)
     if src.prep is None or src.prep.fingerprint is None:
@@ -842,8 +867,8 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
     accelerator = make_accelerator(cfg)
     written: list[Path] = []
     with contextlib.ExitStack() as locks:
+        lock_folders(locks, [work], accelerator, "predict test_root")
         if accelerator.is_main_process:
-            locks.enter_context(folder_lock(work, "predict test_root"))
             shutil.rmtree(wdata / "images", ignore_errors=True)  # never mix images of another test folder
             rows, failed = cache_like_prep(items, wdata, src.prep, cfg.workers, cfg.progress)
             status = items["id"].map(lambda i: failed.get(i, "ok"))
