@@ -300,7 +300,9 @@ class PredictConfig:
     probs_dtype: str = opt("float16", help="stored probabilities: float16 (half the disk) | float32")
     progress: bool = opt(True, help="progress bar (only when stderr is a terminal)")
     images: str | None = opt(None, help="a folder of your own photos (recursive; id = file stem): top-k CSV")
-    out: str | None = opt(None, help="images=DIR output CSV (default <runs_root>/<experiment>/predictions_<dir>.csv)")
+    out: str | None = opt(
+        None, help="images=DIR: the CSV (default predictions_<dir>.csv in runs_root/<experiment>/, bundle: work_dir)"
+    )
     top_k: int = opt(5, help="images=DIR: landmarks per image in the CSV")
     bundle: str | None = opt(None, help="an export bundle folder: predict with its runs instead of runs_root")
     test_root: str | None = opt(None, help="the competition folder, read directly (no prep); writes a workspace")

@@ -798,9 +798,9 @@ def predict_images(cfg: PredictConfig) -> Path:
     tta = TTA(cfg.tta_flip, tuple(cfg.tta_scales))
     infos = check_runs(src.runs, src.data_dir, src.label_map, src.label_map_path, None, tta)
     folder = Path(cfg.images)
-    out = (
-        Path(cfg.out) if cfg.out else Path(cfg.runs_root) / src.experiment / f"predictions_{folder.resolve().name}.csv"
-    )
+    # beside the runs; for a bundle (read-only on Kaggle) in the work folder
+    default_dir = Path(cfg.work_dir) if cfg.bundle else Path(cfg.runs_root) / src.experiment
+    out = Path(cfg.out) if cfg.out else default_dir / f"predictions_{folder.resolve().name}.csv"
     accelerator = make_accelerator(cfg)
     groups: dict[tuple, list[RunInfo]] = {}  # runs that see the same pixels share one decode
     for info in infos:
