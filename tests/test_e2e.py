@@ -27,7 +27,7 @@ def write_config(tmp: Path, prep: dict, train: dict, name: str = "exp.yaml") -> 
     ds = prep["dataset"]
     cfg = {
         "prep": prep,
-        "folds": {"dataset": ds, "k": 3, "seed": 42},
+        "folds": {"dataset": ds, "k": 3, "fold_seed": 42},
         "train": {
             "dataset": ds,
             "experiment": "smoke",

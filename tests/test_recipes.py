@@ -261,3 +261,17 @@ def test_init_from_a_run_folder_trains_on(tiny_data, tmp_path, one_thread):
     b = torch.load(schema.run_dir(tmp_path, "ft", "simple_cnn", 0) / schema.RUN_LAST, weights_only=False)["model"]
     # lr 1e-9: the fine-tuned weights are still the source's (progressive resizing 32 -> 36 px)
     assert all(np.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def test_log_with_tensorboard_writes_events_offline(tiny_data, tmp_path, one_thread):
+    from pipeline.train import run_train
+
+    cfg = tiny_train_config(tiny_data, tmp_path, epochs=1, limit_train_batches=2, log_with="tensorboard")
+    run_train(cfg)
+    events = list((tmp_path / "t").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert "simple_cnn/fold0/val_top1" in acc.Tags()["scalars"]
