@@ -87,10 +87,15 @@ def _score_ticks(ax, lo: float, hi: float) -> None:
     ax.set_xlim(lo, hi)
 
 
-def _epoch_axis(ax) -> None:
+def _epoch_axis(ax, epochs=None) -> None:
+    """Integer epoch ticks; a little room either side (one epoch would otherwise get 0.95-1.05)."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    e = _finite([] if epochs is None else epochs)
+    if e.size:
+        pad = max(0.5, 0.03 * (e.max() - e.min()))
+        ax.set_xlim(e.min() - pad, e.max() + pad)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
 
@@ -124,8 +129,9 @@ def plot_curves(history: pd.DataFrame, path: str | Path, title: str = "", best_e
             ax.axvline(best_epoch, color="0.35", ls="--", lw=1)
         ax_s.plot([], [], color="0.35", ls="--", lw=1, label=f"best epoch {best_epoch}")
     if shown:
-        ax_s.set_ylim(*score_limits(np.concatenate(shown), min_span=0.05))
-        ax_s.legend(fontsize=7, loc="best", framealpha=0.85)
+        lo, hi = score_limits(np.concatenate(shown), min_span=0.05)
+        ax_s.set_ylim(lo, hi + 0.3 * (hi - lo))  # headroom: the legend goes above the curves
+        ax_s.legend(fontsize=7, loc="upper center", ncol=2, framealpha=0.85)
     ax_s.set_title("validation scores", fontsize=10)
     for col, color, name in (("train_loss", "C0", "train"), ("val_loss", "C3", "val")):
         if col in history and history[col].notna().any():
@@ -142,11 +148,12 @@ def plot_curves(history: pd.DataFrame, path: str | Path, title: str = "", best_e
             ax_lr.set_yscale("log")
     ax_lr.set_title("learning rate (log)", fontsize=10)
     for ax in (ax_s, ax_l, ax_lr):
-        _epoch_axis(ax)
-        ax.tick_params(labelsize=8)
+        _epoch_axis(ax, e)
+        ax.tick_params(which="both", labelsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    # fixed margins: tight_layout would draw the figure once more (half the time of this function)
+    fig.subplots_adjust(left=0.045, right=0.98, bottom=0.16, top=0.8 if title else 0.88, wspace=0.3)
     return _save(fig, path)
 
 
@@ -224,7 +231,7 @@ def plot_experiment_curves(runs_root: str | Path, experiment: str, path: str | P
         ax.set_ylim(*score_limits(np.concatenate(values), min_span=0.05))
         band = ", band = fold range" if n <= 6 else ""
         ax.set_title(f"validation {METRIC_LABELS[metric.removeprefix('val_')]} (fold mean{band})", fontsize=10)
-        _epoch_axis(ax)
+        _epoch_axis(ax, np.concatenate([h["epoch"].to_numpy() for h in hist.values()]))
         ax.tick_params(labelsize=8)
     from matplotlib.lines import Line2D
 
