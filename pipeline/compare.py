@@ -223,6 +223,7 @@ def write_compare(table: pd.DataFrame, experiments: list[str], out: str | Path, 
 
 
 def default_out(runs_root: str | Path, experiments: list[str]) -> Path:
+    """``runs/compare/<exp1>_vs_<exp2>...``: one folder per set of compared experiments."""
     return Path(runs_root) / "compare" / "_vs_".join(experiments)
 
 

@@ -276,6 +276,7 @@ def sort_key(summary: pd.DataFrame, sort_by: str) -> pd.Series:
 
 
 def sort_summary(summary: pd.DataFrame, sort_by: str) -> pd.DataFrame:
+    """Best first by :func:`sort_key`; models without any score (missing) last, ties in input order."""
     key = sort_key(summary, sort_by)
     order = np.lexsort((np.arange(len(key)), -key.fillna(-np.inf).to_numpy(dtype=float)))
     return summary.iloc[order].reset_index(drop=True)
@@ -303,6 +304,7 @@ def sig(v: object, digits: int = 3) -> str:
 
 
 def mean_std(mean: float, std: float, digits: int = 4) -> str:
+    """``mean ± std`` (just the mean with one fold), blank without a mean."""
     if mean is None or not np.isfinite(mean):
         return ""
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")

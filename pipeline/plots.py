@@ -58,7 +58,9 @@ def _finite(values) -> np.ndarray:
     return a[np.isfinite(a)]
 
 
-def score_limits(values, pad_frac: float = 0.08, min_span: float = 0.04, right_room: float = 0.0):
+def score_limits(
+    values, pad_frac: float = 0.08, min_span: float = 0.04, right_room: float = 0.0
+) -> tuple[float, float]:
     """Axis limits zoomed on ``values`` (scores in [0, 1]): the differences are what matter.
 
     The span is at least ``min_span`` (a single value or identical folds still get an axis);
