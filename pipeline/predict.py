@@ -30,7 +30,7 @@ import logging
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,6 +441,10 @@ def check_tta(tta: TTA, info: RunInfo, model: torch.nn.Module) -> None:
             )
 
 
+def _softmax(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).float().softmax(dim=1)
+
+
 @torch.no_grad()
 def predict_loader(
     model: torch.nn.Module,
@@ -451,21 +455,26 @@ def predict_loader(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "predict",
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Softmax probabilities of every dataset row, in dataset order (gathered, each row once).
 
     ``loader`` yields uncropped cached images ``{"image", "target", "id"}`` (``id`` = row
     position); the eval crop and the TTA views are made here, on the device, per batch.
+    ``forward(model, x)`` replaces the softmax of the logits (e.g. ``model.embed(x)`` for
+    embeddings): ``probs`` is then the mean of its outputs over the TTA views.
     """
     from tqdm import tqdm
 
+    forward = forward or _softmax
     model.eval()
     probs, targets, index = [], [], []
     show = progress and sys.stderr.isatty() and accelerator.is_local_main_process
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show, mininterval=1.0):
         p = None
         for view in tta.views(batch["image"], img_size):
-            out = model(normalize(view, channels_last=channels_last)).float().softmax(dim=1)
+            with accelerator.autocast():  # also for a forward other than the prepared model's
+                out = forward(model, normalize(view, channels_last=channels_last)).float()
             p = out if p is None else p + out
         p = p / tta.n_views
         p, t, i = accelerator.gather_for_metrics((p, batch["target"], batch["id"]))
@@ -534,9 +543,15 @@ def make_accelerator(cfg: PredictConfig):
 
 
 def iter_predictions(
-    infos: list[RunInfo], jobs: dict[Path, list[Job]], cfg: PredictConfig, accelerator, tta: TTA
+    infos: list[RunInfo],
+    jobs: dict[Path, list[Job]],
+    cfg: PredictConfig,
+    accelerator,
+    tta: TTA,
+    forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[tuple[RunInfo, Job, dict]]:
-    """``(run, job, {"probs", "labels", "index"})`` for every run and its jobs; one model in memory at a time."""
+    """``(run, job, {"probs", "labels", "index"})`` for every run and its jobs; one model in memory
+    at a time. ``forward``: see :func:`predict_loader` (the embed stage passes ``model.embed``)."""
     from pipeline.engine import resolve_channels_last
 
     channels_last = resolve_channels_last(cfg.channels_last, cfg.cpu)
@@ -556,6 +571,7 @@ def iter_predictions(
                 channels_last,
                 cfg.progress,
                 f"{info.tag} {job.manifest}",
+                forward,
             )
             yield info, job, out
         del model, run

@@ -174,6 +174,9 @@ def test_tta_views_flip_and_plain(tiny_data, runs, one_thread):
         ref = torch.cat([model(normalize(TF.center_crop(b["image"], [32, 32]))).softmax(1) for b in loader]).numpy()
     np.testing.assert_allclose(plain["probs"], ref, atol=1e-6)
     assert list(plain["index"]) == list(range(len(loader.dataset)))
+    # another output per view (the embed stage passes model.embed): here the logits themselves
+    logits = predict_loader(model, loader, acc, 32, TTA(), forward=lambda m, x: m(x))["probs"]
+    np.testing.assert_allclose(torch.from_numpy(logits).softmax(1).numpy(), ref, atol=1e-6)
     assert not TTA(False, (1.0,)).on and TTA(True).on and TTA(False, (1.0, 1.25)).on
     # flip: the mean of the image's and the mirror's probabilities, and not the plain ones
     flip = predict_loader(model, loader, acc, 32, TTA(flip=True))
