@@ -541,11 +541,7 @@ def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: 
         if accelerator.is_main_process:
             hist = pd.DataFrame(state.history)
             write_csv(out / schema.RUN_METRICS, hist)
-            title = f"{cfg.experiment}: {run.tag}"
-            try:
-                plot_curves(hist, out / schema.RUN_CURVES, title, best_epoch=state.best["epoch"])
-            except TypeError:  # TEMPORARY: until plot_curves takes best_epoch
-                plot_curves(hist, out / schema.RUN_CURVES, title)
+            plot_curves(hist, out / schema.RUN_CURVES, f"{cfg.experiment}: {run.tag}", best_epoch=state.best["epoch"])
         log.info(
             "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)",
             run.tag,

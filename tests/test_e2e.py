@@ -44,21 +44,23 @@ def write_config(tmp: Path, prep: dict, train: dict, name: str = "exp.yaml") -> 
     return path
 
 
-def pipeline_all(tmp: Path, cfg: Path) -> pd.DataFrame:
+def pipeline_all(tmp: Path, cfg: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """prep -> folds -> train -> ensemble; returns (leaderboard per model, per (model, fold))."""
     run(["data_prep", "prep", "--config", str(cfg)], tmp)
     run(["data_prep", "folds", "--config", str(cfg)], tmp)
     out = run(["pipeline", "train", "--config", str(cfg)], tmp)
     assert re.search(r"fold 0: top1 \d\.\d{4}", out.stdout)
     out = run(["pipeline", "ensemble", "--config", str(cfg)], tmp)
     assert "submissions/smoke.csv" in out.stdout
-    return pd.read_csv(tmp / "runs" / "smoke" / "leaderboard.csv")
+    root = tmp / "runs" / "smoke"
+    return pd.read_csv(root / "leaderboard.csv"), pd.read_csv(root / "leaderboard_folds.csv", dtype={"fold": str})
 
 
 def test_smoke_tiny_default(tmp_path):
     cfg = write_config(tmp_path, TINY_PREP, {"models": ["simple_cnn", "resnet18"], "folds": [0, 1], "epochs": 2})
-    board = pipeline_all(tmp_path, cfg)
-    assert set(board["model"]) == {"simple_cnn", "resnet18", "ensemble"}
-    assert len(board[board["fold"].isin(["0", "1"])]) == 4  # model x fold rows
+    board, folds = pipeline_all(tmp_path, cfg)
+    assert {"simple_cnn", "resnet18"} <= set(board["model"]) and board["model"].str.startswith("ensemble").any()
+    assert len(folds[folds["fold"].isin(["0", "1"])]) == 4  # model x fold rows
     sub = pd.read_csv(tmp_path / "submissions" / "smoke.csv", dtype=str)
     test = pd.read_csv(tmp_path / "data" / "tiny" / "test.csv", dtype={"id": str})
     assert list(sub["id"]) == list(test["id"])
@@ -84,8 +86,8 @@ def test_smoke_real_paris6k_through_the_gld_path(tmp_path, shared_data):
         "seed": 0,
     }
     cfg = write_config(tmp_path, prep, {"models": ["simple_cnn"], "folds": [0], "epochs": 2})
-    board = pipeline_all(tmp_path, cfg)
-    assert board.loc[board["fold"] == "0", "n"].iloc[0] > 50
+    _, folds = pipeline_all(tmp_path, cfg)
+    assert folds.loc[folds["fold"] == "0", "n"].iloc[0] > 50
     lm = pd.read_csv(tmp_path / "data" / "paris" / "label_map.csv")
     assert sorted(lm["name"]) == ["defense", "eiffel_tower", "invalides", "louvre", "moulinrouge"]
     assert len(pd.read_csv(tmp_path / "submissions" / "smoke.csv")) == len(
