@@ -352,3 +352,34 @@ def test_timm_forward_features_are_what_the_head_pools() -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model.embed(x), F.normalize(ref(x), dim=1))
+
+
+def test_deepcopy_keeps_embed_bound_to_the_copy() -> None:
+    """EMA (timm ModelEmaV3) deep-copies the model: the copy's embed must read the copy's weights."""
+    import copy
+
+    for model in (create_model("simple_cnn", num_classes=3), create_model("simple_cnn", num_classes=3, pool="gem")):
+        twin = copy.deepcopy(model).eval()
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.add_(torch.randn_like(p))
+            x = torch.randn(2, 3, 32, 32)
+            assert not torch.allclose(twin.embed(x), model.eval().embed(x))
+            torch.testing.assert_close(twin.embed(x), embed(twin, x))
+
+
+def test_reparameterize_passes_through_the_head() -> None:
+    torch.manual_seed(0)
+    model = create_model("van_replk_b0", num_classes=3, small_input=True, head="arcface", neck="linear")
+    for m in model.modules():  # non-trivial BN statistics, so the fusion has something to fold
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = model.eval()(x)
+        convs = [m for m in model.modules() if hasattr(m, "fused")]
+        assert convs and not any(c.fused for c in convs)
+        model.reparameterize()
+        assert all(c.fused for c in convs)
+        torch.testing.assert_close(model(x), before, atol=1e-4, rtol=1e-4)

@@ -76,3 +76,22 @@ def test_module_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "11,689,512" in proc.stdout and "1.814" in proc.stdout
+
+
+def test_names_only_builds_nothing(capsys, monkeypatch) -> None:
+    import pipeline.models.__main__ as cli
+
+    def no_build(*a, **k):
+        raise AssertionError("--names must not build a model")
+
+    monkeypatch.setattr(cli, "profile_model", no_build)
+    rc, out, err = run(capsys, "list", "--names", "--pattern", "van_b?,resnet18")
+    assert rc == 0 and out.split() == ["resnet18", "van_b0", "van_b1"] and err == ""
+
+
+def test_progress_only_on_a_terminal(capsys, monkeypatch) -> None:
+    rc, _, err = run(capsys, "list", "--pattern", "resnet18", "--img-size", "32")
+    assert rc == 0 and err == ""  # captured stderr is not a terminal: no progress line
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, _, err = run(capsys, "list", "--pattern", "resnet18,simple_cnn", "--img-size", "32")
+    assert rc == 0 and "[1/2] resnet18" in err and "[2/2] simple_cnn" in err and err.endswith("\n")
