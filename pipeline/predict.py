@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from accelerate import Accelerator
 from torchvision.transforms.v2 import functional as TF
 
 from common import schema
@@ -372,7 +373,9 @@ def check_run(
         check_tta(tta, info, model)
 
 
-def load_run(run_dir: str | Path | RunInfo, device: str | torch.device = "cpu", data_dir: str | Path | None = None):
+def load_run(
+    run_dir: str | Path | RunInfo, device: str | torch.device = "cpu", data_dir: str | Path | None = None
+) -> LoadedRun:
     """A finished run ready to predict: its network with ``best.pt``'s weights (EMA ones when EMA
     was on), in eval mode on ``device``, plus its TrainConfig and recorded prep identity."""
     info = run_dir if isinstance(run_dir, RunInfo) else read_run(run_dir, data_dir)
@@ -534,9 +537,8 @@ def _run_cache(info: RunInfo, data_dir: Path, rows: pd.DataFrame) -> str:
         return "jpeg"
 
 
-def make_accelerator(cfg: PredictConfig):
-    from accelerate import Accelerator
-
+def make_accelerator(cfg: PredictConfig) -> Accelerator:
+    """One Accelerator for the stage: the precision and device of ``cfg``."""
     from pipeline.engine import resolve_mixed_precision
 
     return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu)
@@ -596,7 +598,12 @@ def prediction_meta(info: RunInfo, manifest: str, tta: TTA, prep: PrepIdentity, 
 
 
 def check_runs(
-    runs: list[Path], data_dir: Path | None, label_map: pd.DataFrame, label_map_path: Path, current, tta: TTA
+    runs: list[Path],
+    data_dir: Path | None,
+    label_map: pd.DataFrame,
+    label_map_path: Path,
+    current: PrepIdentity | None,
+    tta: TTA,
 ) -> list[RunInfo]:
     """Read and check every run before anything is written (see :func:`check_run`)."""
     infos = []
