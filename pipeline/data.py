@@ -5,10 +5,28 @@ Every item is the same shape: ``{"image": uint8 (3, H, W), "target": int, "id": 
 looked up when predictions are written). Pixels stay uint8 through the loader and are normalised
 late, on the device, by :func:`normalize` (a float normalise per item costs more than the
 decode on a CPU).
+
+Two input paths feed training (:func:`build_train_input`):
+
+* ``per_item``: one ``__getitem__``, one transform call and one collate per image; the JPEG
+  cache, and any policy (``strong`` needs it: albumentations works per image).
+* ``batched``: the packed uint8 cache read one batch at a time (:class:`BatchedPackedDataset`,
+  ``__getitems__``): one pass over the batch's rows in ascending order, crops and flips as
+  strided copies, colour jitter as a batch tensor operation (on the GPU when training there).
+
+Randomness: every augmentation draws from a private generator seeded from ``(seed, epoch, row)``
+(per item) or ``(seed, epoch, rows of the batch)`` (batched), set by :meth:`TrainInput.set_epoch`.
+It never touches torch's global generator, so a prefetch thread cannot interleave with dropout,
+the number of worker processes does not change what a row sees, and a resumed run equals an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,74 +38,55 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 from common import schema
-from common.errors import DataError
+from common.errors import ConfigError, DataError
+from pipeline.augment import (  # noqa: F401  (FastColorJitter & co. are imported from here by others)
+    BatchAugment,
+    BatchColorJitter,
+    FastColorJitter,
+    FastHorizontalFlip,
+    FastRandomCrop,
+    ItemTransform,
+    get_policy,
+    mix_seed,
+    process_rank,
+)
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_PATHS = ("auto", "batched", "per_item")
 
 
-class FastColorJitter(torch.nn.Module):
-    """Brightness, contrast and saturation jitter of a uint8 (3, H, W) image in one float pass.
+class ItemDataError(DataError):
+    """A bad data item (e.g. an undecodable cached image), raised inside a dataset.
 
-    Each factor is drawn uniformly from ``[1 - strength, 1 + strength]``. torchvision's
-    ``ColorJitter`` does the same three adjustments but ran at ~140 img/s on 64 px uint8
-    images here (BENCHMARKS.md), slower than decoding; this runs at thousands.
+    A DataLoader worker process re-raises an exception in the main process as
+    ``type(e)("Caught ... in DataLoader worker process N.\\nOriginal Traceback ...")``, a
+    14-line message the CLI would print whole. This class recognises that form and keeps only
+    the original one-line message, so the CLI shows ``error: <file>: cannot decode ...``.
     """
 
-    def __init__(self, strength: float) -> None:
-        super().__init__()
-        self.strength = strength
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        b, c, s = (1 + (torch.rand(3) * 2 - 1) * self.strength).tolist()
-        x = img.float()
-        gray = (x * _GRAY_WEIGHTS).sum(0)
-        mean = gray.mean().item()
-        # saturation, contrast, brightness in one affine map (same result, ~1.7x faster):
-        # b * (c * (gray + s * (x - gray) - mean) + mean) = bcs * x + bc(1 - s) * gray + b(1 - c) * mean
-        x.mul_(b * c * s).add_(gray.mul_(b * c * (1 - s)).add_(b * (1 - c) * mean))
-        return x.clamp_(0, 255).to(torch.uint8)
+    def __init__(self, message: str) -> None:
+        super().__init__(_unwrap_worker_message(message, type(self)))
 
 
-_GRAY_WEIGHTS = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+def _unwrap_worker_message(message: str, cls: type) -> str:
+    if not message.startswith("Caught ") or "Traceback" not in message:
+        return message
+    where = re.match(r"Caught \w+ (in DataLoader worker process \d+)", message)
+    prefixes = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for line in reversed(message.splitlines()):
+        for prefix in prefixes:
+            if line.startswith(prefix):
+                return line[len(prefix) :] + (f" ({where.group(1)})" if where else "")
+    return message.strip().splitlines()[-1]
 
 
-class FastRandomCrop(torch.nn.Module):
-    """``v2.RandomCrop(size, pad_if_needed=True)`` on a (C, H, W) tensor, without v2's dispatch.
-
-    Draws the same random numbers in the same order as torchvision, so a seeded run crops the
-    same pixels; v2's per-call dispatch cost ~55 us per image here, this ~5 us. Images smaller
-    than ``size`` go through torchvision (padding).
-    """
-
-    def __init__(self, size: int, padding: int = 0) -> None:
-        super().__init__()
-        self.size = size
-        self.padding = padding  # zero border added first (CIFAR's pad-4-then-crop-32)
-        self._padding = v2.RandomCrop(size, pad_if_needed=True)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.padding:
-            img = torch.nn.functional.pad(img, (self.padding,) * 4)
-        h, w = img.shape[-2:]
-        if h < self.size or w < self.size:
-            return self._padding(img)
-        top = int(torch.randint(0, h - self.size + 1, size=())) if h > self.size else 0
-        left = int(torch.randint(0, w - self.size + 1, size=())) if w > self.size else 0
-        return img[..., top : top + self.size, left : left + self.size]
-
-
-class FastHorizontalFlip(torch.nn.Module):
-    """``v2.RandomHorizontalFlip(p)`` on a tensor: same random draw, without v2's dispatch."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if torch.rand(1) >= self.p:
-            return img
-        return img.flip(-1)
+def _decode_reason(e: Exception) -> str:
+    """torchvision's decode errors start with the C++ source location: keep the reason only."""
+    text = " ".join(str(e).split())
+    return re.sub(r"^\w+, \S+\.cpp:\d+, ", "", text)
 
 
 def build_train_transform(
@@ -96,9 +95,9 @@ def build_train_transform(
     """Seed 001: random crop of ``img_size`` from the cached image, random flip, colour jitter.
 
     ``padding`` adds a zero border before the crop (CIFAR: 4, so a 32 px image still moves).
-
-    Pixel-identical to ``v2.RandomCrop(pad_if_needed=True)`` + ``v2.RandomHorizontalFlip`` for
-    the same torch seed, at a fraction of the per-image cost (BENCHMARKS.md).
+    Draws from torch's global generator (the ``default`` policy of :mod:`pipeline.augment` is the
+    same transforms on a private generator). Pixel-identical to ``v2.RandomCrop(pad_if_needed=True)``
+    + ``v2.RandomHorizontalFlip`` for the same torch seed, at a fraction of the per-image cost.
     """
     t = [FastRandomCrop(img_size, padding), FastHorizontalFlip(hflip)]
     if color_jitter > 0:
@@ -107,18 +106,47 @@ def build_train_transform(
 
 
 def build_eval_transform(img_size: int) -> v2.Transform:
+    """Centre crop of ``img_size`` (zero padding when the cached image is smaller)."""
     return v2.CenterCrop(img_size)
 
 
-class ManifestDataset(Dataset):
-    """Images of one manifest, decoded from the resized JPEG cache."""
+class _SeededItems:
+    """Per-item reseeding: a transform with ``reseed`` is reseeded from ``(seed, epoch, i)``.
 
-    def __init__(self, data_dir: str | Path, rows: pd.DataFrame, transform: v2.Transform | None = None) -> None:
+    ``epoch`` is a plain attribute set by :meth:`TrainInput.set_epoch` (deliberately not a
+    ``set_epoch`` method: accelerate calls a dataset's ``set_epoch`` with its own counter, which
+    restarts at 0 on resume).
+    """
+
+    transform: Callable | None
+    seed: int | None
+    epoch: int
+
+    def _transform(self, img: torch.Tensor, i: int) -> torch.Tensor:
+        if self.transform is None:
+            return img
+        if self.seed is not None and hasattr(self.transform, "reseed"):
+            self.transform.reseed(mix_seed(self.seed, self.epoch, i))
+        return self.transform(img)
+
+
+class ManifestDataset(_SeededItems, Dataset):
+    """Images of one manifest, decoded from the resized JPEG cache.
+
+    ``seed``: reseed a reseedable transform per item from ``(seed, epoch, i)`` (training);
+    ``None`` leaves the transform's random stream alone (evaluation, or torch's global RNG).
+    """
+
+    def __init__(
+        self, data_dir: str | Path, rows: pd.DataFrame, transform: Callable | None = None, seed: int | None = None
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.rows = rows.reset_index(drop=True)
         self.paths = [str(self.data_dir / p) for p in self.rows["image"]]
         self.targets = torch.tensor(self.rows["label"].to_numpy(), dtype=torch.long)
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -127,23 +155,21 @@ class ManifestDataset(Dataset):
         try:
             img = decode_image(read_file(self.paths[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:
-            raise DataError(f"{self.paths[i]}: cannot decode cached image ({e}); rerun 'make prep'") from None
-        if self.transform is not None:
-            img = self.transform(img)
-        return {"image": img, "target": self.targets[i], "id": i}
+            raise ItemDataError(
+                f"{self.paths[i]}: cannot decode cached image ({_decode_reason(e)}); rerun 'make prep'"
+            ) from None
+        return {"image": self._transform(img, i), "target": self.targets[i], "id": i}
 
 
-class PackedDataset(Dataset):
-    """Images of one manifest, read from the packed uint8 cache (``packed_<size>.u8``, NHWC).
+class _PackedRows:
+    """The packed uint8 cache (``packed_<size>.u8``, NHWC) rows of a manifest, opened lazily.
 
-    Same items and transforms as :class:`ManifestDataset`: the packed array holds the decoded
-    pixels of the same cached files. The memory map is opened lazily in each process (a
-    DataLoader worker gets the path, not the array: pickling a memmap would copy it).
+    The memory map is opened in each process that reads (a DataLoader worker gets the path, not
+    the array: pickling a memmap would copy it). Opened copy-on-write (``mode="c"``): reads share
+    the page cache, and torch can wrap it without a read-only warning; nothing is ever written.
     """
 
-    def __init__(
-        self, data_dir: str | Path, rows: pd.DataFrame, transform: v2.Transform | None = None, size: int | None = None
-    ) -> None:
+    def _open_packed(self, data_dir: str | Path, rows: pd.DataFrame, size: int | None) -> None:
         from data_prep.packed import packed_paths, read_index
 
         self.data_dir = Path(data_dir)
@@ -161,7 +187,6 @@ class PackedDataset(Dataset):
             )
         self.index = np.array([pos[i] for i in self.rows["id"]], dtype=np.int64)
         self.targets = torch.tensor(self.rows["label"].to_numpy(), dtype=torch.long)
-        self.transform = transform
         self._array: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
@@ -172,16 +197,108 @@ class PackedDataset(Dataset):
 
     def _pixels(self) -> np.ndarray:
         if self._array is None:
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+            try:
+                self._array = np.memmap(self.path, dtype=np.uint8, mode="c", shape=self.shape)
+            except (OSError, ValueError) as e:
+                raise ItemDataError(
+                    f"{self.path}: cannot open the packed cache ({e}); rerun prep with packed=true"
+                ) from None
         return self._array
+
+
+class PackedDataset(_PackedRows, _SeededItems, Dataset):
+    """Images of one manifest, read one at a time from the packed uint8 cache.
+
+    Same items and transforms as :class:`ManifestDataset`: the packed array holds the decoded
+    pixels of the same cached files. ``seed`` as there.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        rows: pd.DataFrame,
+        transform: Callable | None = None,
+        size: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._open_packed(data_dir, rows, size)
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
 
     def __getitem__(self, i: int) -> dict:
         # one copy out of the page cache straight into (3, H, W) order: a contiguous item makes
         # the collate a plain memcpy (stacking HWC-strided items costs more than this copy)
         img = torch.from_numpy(np.ascontiguousarray(self._pixels()[self.index[i]].transpose(2, 0, 1)))
-        if self.transform is not None:
-            img = self.transform(img)
-        return {"image": img, "target": self.targets[i], "id": i}
+        return {"image": self._transform(img, i), "target": self.targets[i], "id": i}
+
+
+def _batch_tensor(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 batch; inside a DataLoader worker, allocated in shared memory.
+
+    The worker hands a batch to the main process through shared memory; a tensor that already
+    lives there is passed as a handle instead of being copied (what default_collate does too).
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+            return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        except (AttributeError, RuntimeError):  # private API moved: fall back to the copy
+            pass
+    return torch.empty(shape, dtype=torch.uint8)
+
+
+class BatchedPackedDataset(_PackedRows, Dataset):
+    """The packed cache read a whole batch at a time: ``__getitems__(indices)`` -> one batch dict.
+
+    torch's DataLoader calls ``__getitems__`` with a batch's indices when a dataset has it; use
+    :func:`batch_as_is` as ``collate_fn``. Each batch is one pass over its rows in ascending
+    order (sequential reads of the memory map) straight into a uint8 (N, 3, S, S) tensor, with
+    the per-image random crops/flips (and jitter, when ``augment.jitter`` > 0) of ``augment``
+    drawn from a generator seeded from ``(seed, epoch, indices)``: the same batch of the same
+    epoch always gets the same augmentation, in any process or thread. ``__getitem__(i)`` is the
+    one-image batch squeezed (for tools that index items).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        rows: pd.DataFrame,
+        augment: BatchAugment,
+        seed: int = 0,
+        size: int | None = None,
+    ) -> None:
+        self._open_packed(data_dir, rows, size)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._generator: torch.Generator | None = None
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "_generator": None}
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        idx = np.asarray(indices, dtype=np.int64)
+        g = None
+        if self.augment.random:
+            if self._generator is None:
+                self._generator = torch.Generator()
+            g = self._generator
+            g.manual_seed(mix_seed(self.seed, self.epoch, idx))
+        _, h, w, _ = self.shape
+        plan = self.augment.plan(len(idx), h, w, g)
+        out = _batch_tensor((len(idx), 3, self.augment.size, self.augment.size))
+        self.augment.render(self._pixels(), self.index[idx], plan, out)
+        return {"image": out, "target": self.targets[idx], "id": torch.from_numpy(idx)}
+
+    def __getitem__(self, i: int) -> dict:
+        batch = self.__getitems__([i])
+        return {"image": batch["image"][0], "target": batch["target"][0], "id": i}
+
+
+def batch_as_is(batch: dict) -> dict:
+    """``collate_fn`` of :class:`BatchedPackedDataset`: its ``__getitems__`` already made the batch."""
+    return batch
 
 
 def packed_size(data_dir: str | Path) -> int:
@@ -207,17 +324,22 @@ CACHES = ("jpeg", "packed")
 
 
 def build_dataset(
-    data_dir: str | Path, rows: pd.DataFrame, transform: v2.Transform | None, cache: str = "jpeg"
+    data_dir: str | Path,
+    rows: pd.DataFrame,
+    transform: Callable | None,
+    cache: str = "jpeg",
+    seed: int | None = None,
 ) -> Dataset:
-    """The dataset of ``rows`` read from the chosen cache (same items, same transforms).
+    """The per-item dataset of ``rows`` read from the chosen cache (same items, same transforms).
 
     ``jpeg``: the resized file cache (``images/``, JPEG or lossless PNG); ``packed``: the uint8
-    memory-mapped array written by prep with ``packed=true``.
+    memory-mapped array written by prep with ``packed=true``. ``seed``: per-item reseeding of a
+    reseedable transform (training, see :class:`ManifestDataset`).
     """
     if cache == "jpeg":
-        return ManifestDataset(data_dir, rows, transform)
+        return ManifestDataset(data_dir, rows, transform, seed=seed)
     if cache == "packed":
-        return PackedDataset(data_dir, rows, transform)
+        return PackedDataset(data_dir, rows, transform, seed=seed)
     raise DataError(f"unknown cache '{cache}' (valid: {', '.join(CACHES)})")
 
 
@@ -245,6 +367,7 @@ def fold_rows(data_dir: str | Path, folds_file: str | Path, fold: int) -> tuple[
 
 
 def make_loader(ds: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """A per-item DataLoader (shuffled from ``seed`` and dropping a short last batch when ``train``)."""
     g = torch.Generator()
     g.manual_seed(seed)
     return DataLoader(
@@ -256,4 +379,126 @@ def make_loader(ds: Dataset, batch_size: int, train: bool, num_workers: int = 0,
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
         generator=g if train else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the training loop's interface
+
+
+def _on_gpu(cfg) -> bool:
+    return torch.cuda.is_available() and not cfg.cpu
+
+
+def resolve_input_path(cfg) -> str:
+    """``batched`` or ``per_item`` for ``cfg`` (``auto``: batched when the cache is packed and the
+    policy has a batched form); a :class:`ConfigError` for a combination that cannot be batched."""
+    policy = get_policy(cfg.augment)
+    if cfg.input_path not in INPUT_PATHS:
+        raise ConfigError(f"train: unknown input_path '{cfg.input_path}' (valid: {', '.join(INPUT_PATHS)})")
+    if cfg.input_path == "per_item":
+        return "per_item"
+    if cfg.cache != "packed" or policy.batch is None:
+        if cfg.input_path == "batched":
+            why = (
+                f"cache={cfg.cache} (batched reads need the packed cache: cache=packed)"
+                if cfg.cache != "packed"
+                else f"augment={cfg.augment} (a per-item policy)"
+            )
+            raise ConfigError(f"train: input_path=batched cannot run with {why}; use input_path=auto or per_item")
+        return "per_item"
+    return "batched"
+
+
+@dataclass
+class TrainInput:
+    """What the training loop needs from the input side.
+
+    ``loader`` goes to ``accelerator.prepare``; its batches are ``{"image": uint8 (N, 3, H, W),
+    "target": long (N,), "id": long (N,) row positions}``. ``device_transform`` (or ``None``) is
+    applied by the loop to the uint8 batch once it is on the training device (colour jitter on a
+    GPU). ``path`` is ``batched`` or ``per_item``. Call :meth:`set_epoch` before every epoch.
+    """
+
+    loader: DataLoader
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    path: str
+    seed: int = 0
+    _sampler_generator: torch.Generator | None = field(default=None, repr=False)
+    _dataset: Dataset | None = field(default=None, repr=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the shuffle order and every augmentation stream from ``(seed, epoch)``."""
+        if self._sampler_generator is not None:
+            self._sampler_generator.manual_seed(mix_seed(self.seed, epoch, "shuffle"))
+        if self._dataset is not None:
+            self._dataset.epoch = epoch  # read when the loader's iterator starts (workers get a copy)
+        if self.device_transform is not None and hasattr(self.device_transform, "reseed"):
+            self.device_transform.reseed(mix_seed(self.seed, epoch, process_rank(), "device"))
+
+
+def build_train_input(
+    data_dir: str | Path, rows: pd.DataFrame, cfg, jitter_on_device: bool | None = None
+) -> TrainInput:
+    """The training input of ``rows`` for ``cfg`` (policy ``augment``, ``input_path``, ``cache``).
+
+    The batched path jitters colours in the loader on a CPU (overlapped by the prefetch thread)
+    and on the device on a GPU (``jitter_on_device`` overrides that choice, for tests).
+    Shuffling: a private generator reseeded by ``set_epoch``; ``drop_last`` when there is more
+    than one batch (as before).
+    """
+    if len(rows) == 0:
+        raise DataError(f"{data_dir}: no training rows")
+    policy = get_policy(cfg.augment)
+    path = resolve_input_path(cfg)
+    on_gpu = _on_gpu(cfg)
+    device_tf = None
+    if path == "batched":
+        on_device = on_gpu if jitter_on_device is None else jitter_on_device
+        if on_device and cfg.color_jitter > 0:
+            device_tf = BatchColorJitter(cfg.color_jitter)
+        ds = BatchedPackedDataset(data_dir, rows, policy.batch(cfg, device_tf is None), seed=cfg.seed)
+        collate = batch_as_is
+    else:
+        ds = build_dataset(data_dir, rows, policy.item(cfg), cfg.cache, seed=cfg.seed)
+        collate = None
+    g = torch.Generator()
+    loader = DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(ds) > cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=False,  # workers must copy the dataset (its epoch) at every epoch start
+        pin_memory=on_gpu,
+        collate_fn=collate,
+    )
+    log.info("training input: %s path, augment=%s, cache=%s", path, cfg.augment, cfg.cache)
+    train_input = TrainInput(loader, device_tf, path, cfg.seed, g, ds)
+    train_input.set_epoch(0)
+    return train_input
+
+
+def build_eval_loader(data_dir: str | Path, rows: pd.DataFrame, cfg, batch_size: int | None = None) -> DataLoader:
+    """Centre crop of ``cfg.img_size``, rows in order, every row once (no ``drop_last``).
+
+    The packed cache is read a batch at a time (unless ``input_path=per_item``); the pixels are
+    the same as ``build_eval_transform`` per item.
+    """
+    bs = batch_size or cfg.batch_size
+    if cfg.cache == "packed" and cfg.input_path != "per_item":
+        ds = BatchedPackedDataset(data_dir, rows, BatchAugment(cfg.img_size, "center"), seed=cfg.seed)
+        collate = batch_as_is
+    else:
+        ds = build_dataset(data_dir, rows, build_eval_transform(cfg.img_size), cfg.cache)
+        collate = None
+    return DataLoader(
+        ds,
+        batch_size=bs,
+        shuffle=False,
+        drop_last=False,
+        num_workers=cfg.num_workers,
+        pin_memory=_on_gpu(cfg),
+        collate_fn=collate,
     )
