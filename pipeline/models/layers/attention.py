@@ -201,9 +201,7 @@ def _check_options(name: str, spec: AttnSpec, kw: dict[str, Any]) -> None:
     unknown = sorted(set(kw) - set(spec.options()))
     if unknown:
         valid = ", ".join(spec.options()) or "none"
-        raise AttentionConfigError(
-            f"attention '{name}': unknown option(s) {', '.join(unknown)} (valid: {valid})"
-        )
+        raise AttentionConfigError(f"attention '{name}': unknown option(s) {', '.join(unknown)} (valid: {valid})")
 
 
 def create_attn(name: str | None, channels: int, *, slot: str = "post", **kw: Any) -> nn.Module | None:

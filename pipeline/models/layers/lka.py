@@ -41,9 +41,7 @@ class LargeKernelConv(nn.Module):
         self.norm0 = norm_layer(dim) if norm_layer else nn.Identity()
         self.act0 = act_layer() if act_layer else nn.Identity()
         pad = (dilated_kernel_size // 2) * dilation
-        self.conv_spatial = nn.Conv2d(
-            dim, dim, dilated_kernel_size, padding=pad, groups=dim, dilation=dilation
-        )
+        self.conv_spatial = nn.Conv2d(dim, dim, dilated_kernel_size, padding=pad, groups=dim, dilation=dilation)
         self.norm1 = norm_layer(dim) if norm_layer else nn.Identity()
         self.act1 = act_layer() if act_layer else nn.Identity()
         self.conv1 = nn.Conv2d(dim, out_dim, 1)

@@ -23,13 +23,9 @@ from timm.models.fastvit import ReparamLargeKernelConv as _TimmReparamLargeKerne
 class ReparamLargeKernelConv(_TimmReparamLargeKernelConv):
     """Depth-wise ``kernel_size`` conv + BN, plus a parallel ``small_kernel`` conv + BN (or none)."""
 
-    def __init__(
-        self, dim: int, kernel_size: int = 31, small_kernel: int | None = 5, stride: int = 1
-    ) -> None:
+    def __init__(self, dim: int, kernel_size: int = 31, small_kernel: int | None = 5, stride: int = 1) -> None:
         if small_kernel is not None and (small_kernel > kernel_size or small_kernel % 2 == 0):
-            raise ValueError(
-                f"small_kernel must be odd and <= kernel_size ({kernel_size}), got {small_kernel}"
-            )
+            raise ValueError(f"small_kernel must be odd and <= kernel_size ({kernel_size}), got {small_kernel}")
         super().__init__(dim, dim, kernel_size, stride, group_size=1, small_kernel=small_kernel)
         if small_kernel is None:
             self.small_conv = None  # timm leaves the attribute unset; forward() reads it
