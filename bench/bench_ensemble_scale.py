@@ -77,13 +77,25 @@ def generate(root: Path, images: int, classes: int, models: int, folds: int, see
     return total
 
 
+def _rss_gb(key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process in GB. Unlike ``ru_maxrss``, which an
+    exec'd child inherits from its parent's size at fork time, these are the process's own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024 / GB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # not Linux: KB (an upper bound)
+
+
 def worker(root: Path, method: str) -> dict:
     """The measured part, in its own process: stream, score, answer, write the CSV."""
     from common.io import write_csv
     from pipeline.ensemble import Checker, finished_runs, pred_paths, stream_ensemble, submission_frame
     from pipeline.metrics import score_all, top1
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KB -> GB
+    base = _rss_gb("VmRSS")
     t0 = time.perf_counter()
     data = root / "data" / "bench"
     label_map = schema.read_label_map(data)
@@ -102,7 +114,7 @@ def worker(root: Path, method: str) -> dict:
     pred, conf = top1(ens.probs)
     write_csv(root / "bench.csv", submission_frame(ens.ids, pred, conf, label_map))
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    peak = _rss_gb("VmHWM")
     return {
         "method": method,
         "seconds": round(seconds, 1),
