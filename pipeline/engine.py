@@ -58,6 +58,22 @@ def resolve_channels_last(requested: str, cpu: bool = False) -> bool:
     return _on_gpu(cpu) or cpu_has_fast_bf16()
 
 
+def new_accelerator(mixed_precision: str = "auto", cpu: bool = False, **kw) -> Accelerator:
+    """An ``Accelerator`` with the resolved precision.
+
+    Accelerate keeps one global state per process and refuses a second Accelerator with another
+    precision. A process that trains and then predicts with another precision (a notebook, the
+    tests) gets a fresh precision state; the distributed set-up (``PartialState``) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    precision = resolve_mixed_precision(mixed_precision, cpu)
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") not in (None, precision):
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision, cpu=cpu, **kw)
+
+
 class Diverged(PipelineError):
     """The loss became NaN/Inf: the fold stops without a DONE marker."""
 

@@ -539,9 +539,9 @@ def _run_cache(info: RunInfo, data_dir: Path, rows: pd.DataFrame) -> str:
 
 def make_accelerator(cfg: PredictConfig) -> Accelerator:
     """One Accelerator for the stage: the precision and device of ``cfg``."""
-    from pipeline.engine import resolve_mixed_precision
+    from pipeline.engine import new_accelerator
 
-    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu)
+    return new_accelerator(cfg.mixed_precision, cfg.cpu)
 
 
 def iter_predictions(

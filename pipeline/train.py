@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import sys
@@ -49,10 +50,10 @@ from pipeline.engine import (
     StepParts,
     evaluate,
     load_checkpoint,
+    new_accelerator,
     predict,
     read_checkpoint,
     resolve_channels_last,
-    resolve_mixed_precision,
     save_checkpoint,
     train_one_epoch,
 )
@@ -176,14 +177,20 @@ def prep_identity(cfg: TrainConfig, fold: int) -> dict:
     data_dir = Path(cfg.data_root) / cfg.dataset
     label_map = schema.read_label_map(data_dir)
     prep_cfg: dict = {}
+    cache: dict = {}
     with contextlib.suppress(OSError, yaml.YAMLError):
         prep_cfg = yaml.safe_load((data_dir / schema.PREP_CONFIG).read_text()) or {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        cache = json.loads((data_dir / schema.PREP_REPORT).read_text()).get("cache") or {}
     ident = {
         "fingerprint": schema.prep_fingerprint(data_dir),
         "label_map_sha": schema.label_map_sha(label_map),
         "num_classes": len(label_map),
         "image_size": prep_cfg.get("image_size"),
         "resize_mode": prep_cfg.get("resize_mode"),
+        # how the cached pixels were made: predicting raw photos must decode them the same way
+        "cache_format": cache.get("format"),
+        "jpeg_quality": cache.get("quality"),
     }
     if fold >= 0:
         ident["folds_sha"] = _file_sha(schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed))
@@ -574,7 +581,15 @@ def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict) ->
         ids=rows["id"].to_numpy()[out["index"][order]].astype(str),
         probs=out["probs"][order],
         labels=out["labels"][order],
-        meta={"manifest": manifest, "model": run.model_name, "fold": run.fold, "tta": None, **run.ident},
+        meta={
+            "manifest": manifest,
+            "model": run.model_name,
+            "fold": run.fold,
+            "tta": None,
+            **run.ident,
+            "prep_fingerprint": run.ident["fingerprint"],
+            "img_size": run.cfg.img_size,
+        },
     )
 
 
@@ -635,7 +650,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     kw = {}
     if cfg.log_with != "none":
         kw = {"log_with": cfg.log_with, "project_dir": str(Path(cfg.runs_root) / cfg.experiment)}
-    return Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision, cfg.cpu), cpu=cfg.cpu, **kw)
+    return new_accelerator(cfg.mixed_precision, cfg.cpu, **kw)
 
 
 def fit(

@@ -14,15 +14,14 @@ from accelerate import Accelerator
 from common import schema
 from common.errors import ConfigError, PipelineError
 from pipeline.config import TrainConfig
-from pipeline.engine import StepParts, resolve_mixed_precision, train_one_epoch
+from pipeline.engine import StepParts, new_accelerator, train_one_epoch
 from pipeline.factories import build_loss, build_optimizer, build_schedule, is_better
 from pipeline.train import build_model, fit, init_weights_from
 from tests.test_train import tiny_train_config
 
 
 def _acc(**kw) -> Accelerator:
-    # one AcceleratorState per process: use the precision fit() resolves, so the tests mix
-    return Accelerator(cpu=True, mixed_precision=resolve_mixed_precision("auto", cpu=True), **kw)
+    return new_accelerator("auto", cpu=True, **kw)
 
 
 def _opt(lr=1.0):
