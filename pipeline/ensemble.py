@@ -718,7 +718,8 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
         info = run_info(cfg.runs_root, cfg.experiment, names + list(plan.missing))
         for name, what in plan.missing.items():
             info.setdefault(name, {})["missing"] = what
-        sub_path = Path(cfg.submissions_dir) / f"{cfg.name}.csv"
+        # the internal split's CSV: never submissions/<name>.csv, which `submit` writes for the competition
+        sub_path = Path(cfg.submissions_dir) / f"{cfg.name}_internal_test.csv"
         write_csv(sub_path, frame)
         paths = write_leaderboard(root, rows, info, cfg.experiment)
     empty = int((frame["landmarks"] == "").sum())

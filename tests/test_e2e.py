@@ -24,20 +24,18 @@ def run(args, cwd, check=True):
 
 
 def write_config(tmp: Path, prep: dict, train: dict, name: str = "exp.yaml") -> Path:
-    ds = prep["dataset"]
+    """An experiment file stating dataset, experiment and folds once (``common:``)."""
+    prep = dict(prep)
+    common = {"dataset": prep.pop("dataset"), "experiment": "smoke", "k": 3, "fold_seed": 42}
+    for key in ("data_root", "folds_dir"):  # paths given for training serve every stage
+        if key in train:
+            common[key] = train.pop(key)
     cfg = {
+        "common": common,
         "prep": prep,
-        "folds": {"dataset": ds, "k": 3, "fold_seed": 42},
-        "train": {
-            "dataset": ds,
-            "experiment": "smoke",
-            "k": 3,
-            "img_size": 32,
-            "batch_size": 16,
-            "progress": False,
-            **train,
-        },
-        "ensemble": {"dataset": ds, "experiment": "smoke", "name": "smoke"},
+        "train": {"img_size": 32, "batch_size": 16, "progress": False, **train},
+        "predict": {"batch_size": 16},
+        "ensemble": {"name": "smoke"},
     }
     path = tmp / name
     path.write_text(yaml.safe_dump(cfg))
@@ -51,7 +49,7 @@ def pipeline_all(tmp: Path, cfg: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = run(["pipeline", "train", "--config", str(cfg)], tmp)
     assert re.search(r"fold 0: top1 \d\.\d{4}", out.stdout)
     out = run(["pipeline", "ensemble", "--config", str(cfg)], tmp)
-    assert "submissions/smoke.csv" in out.stdout
+    assert "submissions/smoke_internal_test.csv" in out.stdout
     root = tmp / "runs" / "smoke"
     return pd.read_csv(root / "leaderboard.csv"), pd.read_csv(root / "leaderboard_folds.csv", dtype={"fold": str})
 
@@ -61,13 +59,23 @@ def test_smoke_tiny_default(tmp_path):
     board, folds = pipeline_all(tmp_path, cfg)
     assert {"simple_cnn", "resnet18"} <= set(board["model"]) and board["model"].str.startswith("ensemble").any()
     assert len(folds[folds["fold"].isin(["0", "1"])]) == 4  # model x fold rows
-    sub = pd.read_csv(tmp_path / "submissions" / "smoke.csv", dtype=str)
+    sub = pd.read_csv(tmp_path / "submissions" / "smoke_internal_test.csv", dtype=str)
     test = pd.read_csv(tmp_path / "data" / "tiny" / "test.csv", dtype={"id": str})
     assert list(sub["id"]) == list(test["id"])
     lids = set(pd.read_csv(tmp_path / "data" / "tiny" / "label_map.csv")["landmark_id"].astype(str))
-    assert all(tok.split()[0] in lids for tok in sub["landmarks"])
+    assert all(tok.split()[0] in lids for tok in sub["landmarks"].dropna())
     for model in ("simple_cnn", "resnet18"):
         assert (tmp_path / "runs" / "smoke" / model / "fold0" / "curves.png").stat().st_size > 1000
+    # the competition: predict the generated competition-style test set, submit, validate
+    run(["pipeline", "predict", "--config", str(cfg), "tta_flip=true"], tmp_path)
+    assert (tmp_path / "runs" / "smoke" / "resnet18" / "fold1" / "competition_tta.npz").is_file()
+    out = run(["pipeline", "submit", "--config", str(cfg), "tta=true", "penalty=tune"], tmp_path)
+    assert "submissions/smoke.csv" in out.stdout
+    sample = tmp_path / "data" / "raw" / "tiny" / "competition" / "sample_submission.csv"
+    out = run(["pipeline", "validate", str(tmp_path / "submissions" / "smoke.csv"), "--sample", str(sample)], tmp_path)
+    assert out.returncode == 0 and "OK" in out.stdout
+    order = pd.read_csv(sample, dtype=str)["id"].tolist()
+    assert pd.read_csv(tmp_path / "submissions" / "smoke.csv", dtype=str)["id"].tolist() == order
 
 
 @pytest.mark.realdata
@@ -90,7 +98,7 @@ def test_smoke_real_paris6k_through_the_gld_path(tmp_path, shared_data):
     assert folds.loc[folds["fold"] == "0", "n"].iloc[0] > 50
     lm = pd.read_csv(tmp_path / "data" / "paris" / "label_map.csv")
     assert sorted(lm["name"]) == ["defense", "eiffel_tower", "invalides", "louvre", "moulinrouge"]
-    assert len(pd.read_csv(tmp_path / "submissions" / "smoke.csv")) == len(
+    assert len(pd.read_csv(tmp_path / "submissions" / "smoke_internal_test.csv")) == len(
         pd.read_csv(tmp_path / "data/paris/test.csv")
     )
 
