@@ -63,10 +63,11 @@ def manifest_path(data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / f"{split}.csv"
 
 
-def pred_file(manifest: str, tta: bool = False) -> str:
+def pred_file(manifest: str, tta: bool = False, source: str = "") -> str:
     """Prediction file of a run folder for a manifest: ``oof`` (the fold's validation rows), ``test``,
-    ``competition``, ``nonlandmark`` ...; ``<manifest>_tta.npz`` with test-time augmentation."""
-    return f"{manifest}{'_tta' if tta else ''}.npz"
+    ``competition``, ``nonlandmark`` ...; ``<manifest>_tta.npz`` with test-time augmentation,
+    ``<manifest>_knn.npz`` for the kNN-fused scores of the embed stage (``source="knn"``)."""
+    return f"{manifest}{'_tta' if tta else ''}{'_' + source if source else ''}.npz"
 
 
 def fold_file(folds_dir: str | Path, dataset: str, k: int, seed: int) -> Path:
@@ -78,41 +79,59 @@ def run_dir(runs_root: str | Path, experiment: str, model: str, fold: int) -> Pa
     return Path(runs_root) / experiment / model / tag
 
 
-def _read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+def _read_csv(path: Path, columns: list[str], what: str, int_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a contract CSV: text columns kept verbatim (an id "NA" stays "NA"), ``int_columns``
+    converted exactly to int64 (never through float; a bad cell is one error naming its line)."""
     if not path.is_file():
         raise DataError(f"{what} not found: {path} (run the previous stage first, e.g. 'make prep')")
+    text = {c: str for c in ("id", "image", "name", *int_columns)}
     try:
-        df = pd.read_csv(path, dtype={"id": str, "image": str, "name": str})
+        df = pd.read_csv(path, dtype=text, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: not a readable CSV ({reason})") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; expected {columns}")
+    from common.ints import int64_column
+
+    for col in int_columns:
+        df[col] = int64_column(df[col], path, col)
     return df
 
 
 def read_manifest(data_dir: str | Path, split: str) -> pd.DataFrame:
-    """Read and check a split manifest (columns, non-empty, integer labels, unique ids)."""
+    """Read and check a split manifest (columns, non-empty, exact int64 labels and landmark ids, unique ids)."""
     path = manifest_path(data_dir, split)
-    df = _read_csv(path, MANIFEST_COLUMNS, f"{split} manifest")
+    df = _read_csv(path, MANIFEST_COLUMNS, f"{split} manifest", int_columns=("label", "landmark_id"))
     if df.empty:
         raise DataError(f"{path}: manifest has no rows")
+    empty = df["id"].str.strip() == ""
+    if empty.any():
+        raise DataError(f"{path}: line {int(empty.to_numpy().nonzero()[0][0]) + 2}: empty id")
     if df["id"].duplicated().any():
         dup = df.loc[df["id"].duplicated(), "id"].iloc[0]
         raise DataError(f"{path}: duplicate id '{dup}'")
-    for col in ("label", "landmark_id"):
-        if not pd.api.types.is_integer_dtype(df[col]):
-            raise DataError(f"{path}: column '{col}' must hold integers")
     return df
 
 
 def read_label_map(data_dir: str | Path) -> pd.DataFrame:
+    """Read and check the label map: labels 0..n-1 in order, each landmark id (exact int64) once."""
     path = Path(data_dir) / LABEL_MAP
-    df = _read_csv(path, LABEL_MAP_COLUMNS, "label map")
+    df = _read_csv(path, LABEL_MAP_COLUMNS, "label map", int_columns=("label", "landmark_id"))
     if df.empty:
         raise DataError(f"{path}: the class list is empty")
     if list(df["label"]) != list(range(len(df))):
         raise DataError(f"{path}: labels must be 0..{len(df) - 1} in order")
+    dup = df["landmark_id"].duplicated()
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        first = int((df["landmark_id"] == df["landmark_id"].iloc[i]).to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{path}: line {i + 2}: landmark_id {df['landmark_id'].iloc[i]} appears twice (first on line {first + 2})"
+        )
     return df
 
 

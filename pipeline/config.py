@@ -217,6 +217,7 @@ class EnsembleConfig:
     fit_metric: str = opt("gap", help="what fitted weights maximise on OOF: gap | top1")
     fit_seed: int = opt(0, help="seed of the OOF half split that measures how optimistic the fitted CV is")
     tta: bool = opt(False, help="read <manifest>_tta.npz where present (else the plain file, with a warning)")
+    knn: bool = opt(False, help="read the kNN-fused <manifest>_knn.npz of the embed stage (make embed)")
     threshold: str = opt("none", help="none | tune | a confidence in [0, 1]: lower answers are left empty")
     penalty: str = opt(
         "none", help="none | tune | a strength in [0, 1]: lower the confidence of classes non-landmarks fall into"
@@ -309,9 +310,17 @@ class PredictConfig:
     test_format: str = opt("auto", help="test_root layout: auto | glr2020 | glr2019 | folder")
     work_dir: str = opt("work", help="test_root: workspace <work_dir>/data/<dataset>/ + <work_dir>/runs/<experiment>/")
     workers: int = opt(2, help="threads decoding and resizing images (images=DIR, test_root=DIR)")
+    # embed stage: embeddings + kNN re-ranking
+    knn: bool = opt(True, help="embed: also write kNN-fused predictions (<manifest>_knn.npz)")
+    knn_k: int = opt(10, help="embed: neighbours per query")
+    knn_power: float = opt(1.0, help="embed: a neighbour votes sim^power for its class")
+    knn_alpha: float = opt(1.0, help="embed: fused = clf_prob^alpha * knn_score^beta (when not tuned)")
+    knn_beta: float = opt(1.0, help="embed: see knn_alpha")
+    knn_tune: bool = opt(True, help="embed: tune alpha/beta for GAP on the OOF rows + the non-landmark pool")
+    knn_compute_dtype: str = opt("float32", help="embed: similarity products in float32 (exact) | bfloat16")
 
     def validate(self) -> None:
-        for key in ("batch_size", "top_k", "workers"):
+        for key in ("batch_size", "top_k", "workers", "knn_k"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"predict: {key} must be >= 1, got {getattr(self, key)}")
         if self.num_workers < 0:
@@ -324,6 +333,7 @@ class PredictConfig:
             ("probs_dtype", ("float16", "float32")),
             ("mixed_precision", ("auto", "no", "bf16", "fp16")),
             ("test_format", ("auto", "glr2020", "glr2019", "folder")),
+            ("knn_compute_dtype", ("float32", "bfloat16")),
         ):
             if getattr(self, key) not in valid:
                 raise ConfigError(

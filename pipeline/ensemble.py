@@ -115,9 +115,20 @@ def finished_runs(runs_root: str | Path, experiment: str, models: list[str] | No
     return discover_runs(runs_root, experiment, models)[0]
 
 
-def pred_paths(runs: dict[str, list[Path]], manifest: str, tta: bool = False, hint: str = "") -> dict[str, list[Path]]:
+def pred_paths(
+    runs: dict[str, list[Path]], manifest: str, tta: bool = False, hint: str = "", knn: bool = False
+) -> dict[str, list[Path]]:
     """The prediction file of ``manifest`` in every run, checked to exist (one error naming the first
-    missing one). With ``tta``, ``<manifest>_tta.npz`` where present, else the plain file (warned)."""
+    missing one). With ``tta``, ``<manifest>_tta.npz`` where present, else the plain file (warned).
+    With ``knn``, the kNN-fused ``<manifest>_knn.npz`` of the embed stage (required: no fallback,
+    a mix of fused and plain scores would not rank alike)."""
+    if knn:
+        out = {name: [d / schema.pred_file(manifest, source="knn") for d in dirs] for name, dirs in runs.items()}
+        absent = [p for paths in out.values() for p in paths if not p.is_file()]
+        if absent:
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            raise DataError(f"kNN prediction file not found: {absent[0]}{more}; run 'make embed' first")
+        return out
     out: dict[str, list[Path]] = {}
     no_tta: list[Path] = []
     absent: list[Path] = []
@@ -440,7 +451,7 @@ class Plan:
     pp_report: dict[str, dict] = field(default_factory=dict)
 
     def paths(self, manifest: str, hint: str = "") -> dict[str, list[Path]]:
-        return pred_paths(self.runs, manifest, self.cfg.tta, hint)
+        return pred_paths(self.runs, manifest, self.cfg.tta, hint, self.cfg.knn)
 
     @property
     def final(self) -> PostProcess:

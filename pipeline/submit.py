@@ -159,6 +159,7 @@ def run_submit(cfg: EnsembleConfig) -> dict:
                 "missing_models": plan.missing,
                 "method": cfg.method,
                 "tta": cfg.tta,
+                "knn": cfg.knn,
                 "threshold": plan.final.threshold,
                 "penalty_strength": plan.final.strength,
                 **{k: v for k, v in result.items() if k != "submission"},

@@ -208,3 +208,33 @@ def test_two_process_schedule_steps_once_per_step_and_logs_once(tmp_path, tiny_d
     assert last["scheduler"]["steps"] == 2 * per_rank_batches  # 2 epochs, one step per batch on each rank
     assert last["scheduler"]["lr"] == pytest.approx(0.0001, rel=1e-3)  # the cosine ended exactly at min_lr
     assert "sync_bn=true has no effect on cpu" in (run_dir / "train.log").read_text()  # said, not a crash
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun absent")
+def test_two_process_embeddings_cover_every_row_once(tmp_path, tiny_data):
+    import numpy as np
+
+    from pipeline.train import fit
+    from tests.test_train import tiny_train_config
+
+    fit(tiny_train_config(tiny_data, tmp_path / "runs", epochs=1, limit_train_batches=1, experiment="smoke"),
+        "simple_cnn", 0)  # fmt: skip
+    cfg = write_config(tmp_path, {**TINY_PREP}, {"data_root": str(tiny_data["data_root"])})
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    p = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "pipeline", "embed", "--config", str(cfg), "batch_size=5"],
+        cwd=tmp_path,
+        env={**ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "smoke" / "simple_cnn" / "fold0"
+    for manifest in ("train", "test"):
+        emb = np.load(run_dir / f"emb_{manifest}.npy").astype(np.float32)
+        n = len(pd.read_csv(tiny_data["data_root"] / "tiny" / f"{manifest}.csv"))
+        assert emb.shape[0] == n
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=2e-3)  # no row left empty
+        assert len(np.unique(emb.round(3), axis=0)) == n  # and none written twice over another
