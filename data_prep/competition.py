@@ -35,6 +35,7 @@ import pandas as pd
 
 from common import schema
 from common.errors import ConfigError, DataError, close_matches
+from common.ints import parse_int64
 from data_prep.config import TEST_FORMATS
 from data_prep.readers import ID_PATTERN, IMAGE_EXTS, read_csv_text
 
@@ -147,15 +148,21 @@ def read_competition_images(test_root: str | Path, test_format: str = "auto") ->
     return pd.DataFrame({"id": ids.astype(object), "src": _tree_paths(root, ids).astype(object)})
 
 
-def files_signature(srcs: pd.Series | list[str]) -> str:
-    """Identity of a set of files for the prep fingerprint: path, size and mtime of each (absent = -1)."""
+def files_signature(srcs: pd.Series | list[str], root: str | Path | None = None) -> str:
+    """Identity of a set of files for the prep fingerprint: path, size and mtime of each (absent = -1).
+
+    With ``root``, paths are taken relative to it: the same files reached through another path
+    (a symlink, a new mount point) have the same signature.
+    """
+    prefix = os.path.join(str(root), "") if root is not None else ""
     h = hashlib.sha1()
     for src in srcs:
+        name = src[len(prefix) :] if prefix and src.startswith(prefix) else src
         try:
             st = os.stat(src)
-            h.update(f"{src}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
-            h.update(f"{src}\0-1\n".encode())
+            h.update(f"{name}\0-1\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -195,9 +202,14 @@ def read_solution(path: str | Path) -> pd.DataFrame:
     for i, text in enumerate(df["landmarks"].tolist()):
         tokens = str(text).replace(",", " ").split()
         try:
-            landmarks.append([int(t) for t in tokens])
-        except ValueError:
-            raise DataError(f"{path}: line {i + 2}: landmarks {text!r} are not integer landmark ids") from None
+            values = [parse_int64(t) for t in tokens]  # exact: never through float
+        except OverflowError:
+            raise DataError(
+                f"{path}: line {i + 2}: landmarks {text!r}: a landmark id does not fit in a 64-bit integer"
+            ) from None
+        if None in values:
+            raise DataError(f"{path}: line {i + 2}: landmarks {text!r} are not integer landmark ids")
+        landmarks.append(values)
     usage = df["Usage"].str.strip().str.lower() if "Usage" in df.columns else pd.Series("", index=df.index)
     return pd.DataFrame({"id": ids, "landmarks": landmarks, "usage": usage.reset_index(drop=True)})
 
@@ -255,19 +267,20 @@ class ExtraSets:
     nonlandmark: pd.DataFrame | None = None  # id, src
 
     def signature(self) -> str:
-        """Identity for the prep fingerprint: ids, file sizes and mtimes, the solution's bytes."""
+        """Identity for the prep fingerprint: ids, files' relative paths, sizes and mtimes, the
+        solution's bytes; never the folders' own paths (a symlink or new mount is the same set)."""
         h = hashlib.sha1()
         if self.competition is not None:
-            h.update(f"competition {self.test_root} {self.test_format}\n".encode())
+            h.update(f"competition {self.test_format}\n".encode())
             h.update("\n".join(self.competition["id"]).encode())
-            h.update(files_signature(self.competition["src"]).encode())
+            h.update(files_signature(self.competition["src"], self.test_root).encode())
         if self.solution_path is not None:
-            h.update(f"solution {self.solution_path}\n".encode())
+            h.update(b"solution\n")
             h.update(hashlib.sha1(self.solution_path.read_bytes()).digest())
         if self.nonlandmark is not None:
-            h.update(f"nonlandmark {self.nonlandmark_root}\n".encode())
+            h.update(b"nonlandmark\n")
             h.update("\n".join(self.nonlandmark["id"]).encode())
-            h.update(files_signature(self.nonlandmark["src"]).encode())
+            h.update(files_signature(self.nonlandmark["src"], self.nonlandmark_root).encode())
         return h.hexdigest()[:16]
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from common.errors import DataError
+from common.ints import int64_column
 from common.io import atomic_write, write_csv
 from data_prep.sources import SourceTable
 
@@ -84,22 +85,11 @@ def read_csv_text(path: Path, what: str) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, encoding="utf-8-sig", keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty CSV (no header)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: not a readable CSV ({reason})") from None
     df.columns = [str(c).strip().strip('"') for c in df.columns]
     return df
-
-
-def _int_column(df: pd.DataFrame, col: str, path: Path, line_of=None) -> pd.Series:
-    """Column ``col`` as int64; the first bad value raises naming its CSV line."""
-    values = df[col].str.strip()
-    num = pd.to_numeric(values, errors="coerce")
-    bad = num.isna() | (num != num.round())
-    if bad.any():
-        i = int(bad.to_numpy().nonzero()[0][0])
-        line = line_of[i] if line_of is not None else i + 2  # + header, 1-based
-        raise DataError(f"{path}: line {line}: {col} {df[col].iloc[i]!r} is not an integer")
-    return num.astype("int64")
 
 
 def read_gld_csv(path: Path) -> pd.DataFrame:
@@ -111,7 +101,7 @@ def read_gld_csv(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: missing column '{col}' (found {list(df.columns)}; expected id,url,landmark_id)")
     if df.empty:
         raise DataError(f"{path}: no rows (only a header)")
-    df["landmark_id"] = _int_column(df, "landmark_id", path)
+    df["landmark_id"] = int64_column(df["landmark_id"], path, "landmark_id")
     df["id"] = df["id"].str.strip()
     return df
 
@@ -127,7 +117,7 @@ def read_gld_clean_csv(path: Path) -> pd.DataFrame:
         )
     if clean.empty:
         raise DataError(f"{path}: no rows (only a header)")
-    lid = _int_column(clean, "landmark_id", path)
+    lid = int64_column(clean["landmark_id"], path, "landmark_id")
     ids = clean["images"].str.split()
     df = pd.DataFrame({"id": ids, "landmark_id": lid}).explode("id").dropna(subset=["id"])
     return df.reset_index(drop=True)
@@ -195,13 +185,17 @@ def read_gld_v2(root: str | os.PathLike, label_source: str = "train", check_imag
     names = df["landmark_id"].astype(str)
     names_csv = root / "landmark_names.csv"  # written by image_folder_to_gld
     if names_csv.is_file():
-        known = pd.read_csv(names_csv, dtype={"name": str}).drop_duplicates("landmark_id").set_index("landmark_id")
+        known = read_csv_text(names_csv, "landmark names csv")
+        if not {"landmark_id", "name"} <= set(known.columns):
+            raise DataError(f"{names_csv}: expected columns landmark_id,name (found {list(known.columns)})")
+        known["landmark_id"] = int64_column(known["landmark_id"], names_csv, "landmark_id")
+        known = known.drop_duplicates("landmark_id").set_index("landmark_id")
         names = df["landmark_id"].map(known["name"]).fillna(names)
     rows = pd.DataFrame({"id": df["id"], "landmark_id": df["landmark_id"], "name": names, "src": src})
     rows = rows.reset_index(drop=True)
     skipped_rows = pd.concat(lists, ignore_index=True) if lists else pd.DataFrame(columns=SKIP_COLUMNS)
-    desc = f"GLD v2 at {root} ({'train_clean.csv' if label_source == 'clean' else 'train.csv'})"
-    return ReadTable(rows, open_rgb, skipped, desc, skipped_rows)
+    csv_name = "train_clean.csv" if label_source == "clean" else "train.csv"
+    return ReadTable(rows, open_rgb, skipped, f"GLD v2 at {root} ({csv_name})", f"GLD v2 ({csv_name})", skipped_rows)
 
 
 def read_image_folder(root: str | os.PathLike) -> ReadTable:
@@ -238,7 +232,7 @@ def read_image_folder(root: str | os.PathLike) -> ReadTable:
     if df.empty:
         raise DataError(f"{root}: no image files found in {len(classes)} class folders")
     skipped_rows = pd.concat(lists, ignore_index=True) if lists else pd.DataFrame(columns=SKIP_COLUMNS)
-    return ReadTable(df, open_rgb, skipped, f"image folder {root}", skipped_rows)
+    return ReadTable(df, open_rgb, skipped, f"image folder {root}", "image folder", skipped_rows)
 
 
 def _is_jpeg(path: str) -> bool:
