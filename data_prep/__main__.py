@@ -1,7 +1,9 @@
-"""``python -m data_prep {prep,folds,convert-folder} [--config FILE] [key=value ...]``.
+"""``python -m data_prep {prep,verify,folds,convert-folder} [--config FILE] [key=value ...]``.
 
 prep            read, select, split, cache; write manifests (train/val/test, and with
                 test_root / nonlandmark_root: competition, competition_order, nonlandmark)
+verify          decode every cached image of every manifest, re-encode damaged ones from the
+                source, patch the packed cache; exit 1 when something could not be fixed
 folds           write the fold file over train.csv
 convert-folder  image folder (<class>/<file>) -> GLD v2 layout
 """
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, help_, cls in (
         ("prep", "read, select, split, cache, write manifests", PrepConfig),
+        ("verify", "decode every cached image, re-encode damaged ones from the source", PrepConfig),
         ("folds", "write the fold file", FoldsConfig),
     ):
         s = sub.add_parser(
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         s.add_argument("--config", action="append", help="experiment YAML (configs/*.yaml); repeat to layer files")
         s.add_argument("overrides", nargs="*", help="key=value overrides of the stage config")
+        if name == "verify":
+            s.add_argument(
+                "--shallow", action="store_true", help="only existence, size, header and end marker (seconds at 80k)"
+            )
     c = sub.add_parser("convert-folder", help="image folder (<class>/<file>) -> GLD v2 layout")
     c.add_argument("src")
     c.add_argument("dst")
@@ -51,11 +58,18 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_stage_config(PrepConfig, "prep", args.config, args.overrides, _other_stage_configs())
         run_prep(cfg, progress=sys.stderr.isatty())
+    elif args.cmd == "verify":
+        from data_prep.verify import run_verify
+
+        cfg = load_stage_config(PrepConfig, "prep", args.config, args.overrides, _other_stage_configs())
+        return 0 if run_verify(cfg, deep=not args.shallow, progress=sys.stderr.isatty())["ok"] else 1
     elif args.cmd == "folds":
         from data_prep.folds import run_folds
+        from data_prep.prep import stage_os_errors
 
         cfg = load_stage_config(FoldsConfig, "folds", args.config, args.overrides, _other_stage_configs())
-        print(run_folds(cfg))
+        with stage_os_errors("folds"):
+            print(run_folds(cfg))
     else:
         from data_prep.readers import image_folder_to_gld
 

@@ -330,9 +330,20 @@ def read_cifar(root: str | os.PathLike, which: str = "cifar10", label_mode: str 
         return Image.fromarray(images[split][int(index)])
 
     n_train, n_test = len(arrays["train"][1]), len(arrays["test"][1])
-    desc = (f"{spec.label} ({label_mode if key == 'cifar100' else 'labels'}: {len(names)} classes) "
-            f"from {folder}: {n_train} train + {n_test} test images")
-    return SourceTable(rows=rows, open_image=open_image, skipped={}, description=desc)
+    kind = f"{spec.label} ({label_mode if key == 'cifar100' else 'labels'}: {len(names)} classes)"
+    desc = f"{kind} from {folder}: {n_train} train + {n_test} test images"
+    return SourceTable(rows=rows, open_image=open_image, skipped={}, description=desc,
+                       identity=f"{kind}, files {_files_identity(folder, spec)}")
+
+
+def _files_identity(folder: Path, spec: _Spec) -> str:
+    """Names, sizes and mtimes of the files the pixels come from: the same copy found through
+    another path (a symlink, a new mount) is the same source; a re-packed one is not."""
+    h = hashlib.sha1()
+    for p in sorted([folder / spec.meta, folder / spec.test, *_train_files(folder, spec)]):
+        st = p.stat()
+        h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def read_cifar10(root: str | os.PathLike, **kw: Any) -> SourceTable:

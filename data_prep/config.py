@@ -9,6 +9,7 @@ from common.errors import ConfigError, close_matches
 
 SOURCES = ("synthetic", "gld_v2", "gld_v1", "imagefolder", "cifar10", "cifar100")
 TEST_FORMATS = ("auto", "glr2020", "glr2019", "folder")  # data_prep.competition reads them
+OFFICIAL_TEST_SPLIT = ("cifar10", "cifar100")  # sources whose own test set is the internal test split
 
 
 @dataclass
@@ -27,7 +28,9 @@ class PrepConfig:
     min_per_class: int = opt(0, help="drop classes with fewer images (after sampling)")
     max_per_class: int | None = opt(None, help="cap images per class (after sampling; none = no cap)")
     val_frac: float = opt(0.125, help="share of each class in val.csv")
-    test_frac: float = opt(0.125, help="share of each class in test.csv (the internal test split)")
+    test_frac: float = opt(
+        0.125, help="share of each class in test.csv (the internal test split; > 0, CIFAR: its own test set)"
+    )
     seed: int = opt(0, help="seed of sampling, splits and the synthetic generator")
     # ---- image cache
     image_size: int = opt(256, help="cached image side (seed 001: 256, then random crop 224)")
@@ -79,6 +82,11 @@ class PrepConfig:
             raise ConfigError(f"prep: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
             raise ConfigError(f"prep: val_frac + test_frac must be in [0, 1), got {self.val_frac} + {self.test_frac}")
+        if self.test_frac == 0 and self.source not in OFFICIAL_TEST_SPLIT:
+            raise ConfigError(
+                "prep: test_frac=0 leaves no internal test split, which training evaluates after the last epoch "
+                "(and the ensemble scores); use test_frac > 0, e.g. 0.1"
+            )
         if self.resize_mode not in ("square", "shorter"):
             raise ConfigError(f"prep: resize_mode must be 'square' or 'shorter', got '{self.resize_mode}'")
         if self.label_source not in ("train", "clean"):

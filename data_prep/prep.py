@@ -4,6 +4,14 @@ Output in ``<data_root>/<dataset>/`` (see :mod:`common.schema`). A rerun with th
 and the same source is a no-op (fingerprint in the report); a killed run resumes: cached images
 are kept and the manifests, written last and atomically, are never half-written.
 
+The fingerprint and the image cache key on content (ids, labels, file sizes and mtimes, the
+config's values), never on paths: the same raw data reached through a symlink or a new mount
+point is up to date. When prep does rerun, the log says why (which config key, the source's
+rows, the extra sets). One process at a time: the dataset folder is locked
+(:func:`common.lock.folder_lock`), and a full disk or an unwritable folder is one error line
+naming the file. An up-to-date rerun still checks the cached files (existence, size, header,
+end marker) and re-encodes damaged ones; ``python -m data_prep verify`` decodes every one.
+
 Beside the labelled source (see :mod:`data_prep.competition`):
 
 * ``test_root``: the competition's test set, cached like the training images ->
@@ -18,31 +26,35 @@ The synthetic default generates both (``<source_root>/competition``, ``<source_r
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
 import logging
-import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
 from common import schema
-from common.errors import DataError
+from common.errors import DataError, PipelineError
 from common.io import cleanup_temp_files, write_csv, write_json, write_yaml
+from common.lock import folder_lock
 from data_prep import select
 from data_prep.competition import (
     ExtraSets,
     check_unique_ids,
+    files_signature,
     label_counts,
     label_rows,
     read_extra_sets,
     split_nonlandmark,
 )
 from data_prep.config import PrepConfig
-from data_prep.images import FORMATS, build_cache, cache_relpath, draft_open, prepare_cache_dir
+from data_prep.images import CACHE_DIR, CACHE_META, FILE_SOURCE, build_cache, draft_open, prepare_cache_dir
 from data_prep.sources import SourceTable
 
 log = logging.getLogger(__name__)
@@ -105,12 +117,13 @@ def read_source(cfg: PrepConfig) -> SourceTable:
         spec = synth_spec(cfg)
         if not synthetic.is_complete(root, spec):
             log.info("generating the synthetic default data set in %s", root)
-            synthetic.generate(root, spec, workers=cfg.workers)
+            synthetic.generate(root, spec, workers=cfg.workers)  # locks root while it writes
         from data_prep.readers import read_gld_v2
 
         table = read_gld_v2(root)
         # the version makes the fingerprint and the image cache follow generator changes
         table.description = f"synthetic landmarks v{synthetic.GENERATOR_VERSION} at {root}"
+        table.identity = f"synthetic landmarks v{synthetic.GENERATOR_VERSION}"
         return table
     if cfg.source == "gld_v2":
         from data_prep.readers import read_gld_v2
@@ -129,14 +142,45 @@ def read_source(cfg: PrepConfig) -> SourceTable:
     return cifar.read_cifar(root, cfg.source)
 
 
-def _fingerprint(cfg: PrepConfig, table: SourceTable, extra: ExtraSets) -> str:
-    d = asdict(cfg)
-    d.pop("workers")  # speed only: the outputs do not depend on it
-    d["source_description"] = table.description
-    d["extra_sets"] = extra.signature()  # test set and non-landmark ids, file sizes/mtimes, solution
-    h = hashlib.sha1(json.dumps(d, sort_keys=True).encode())
-    h.update(pd.util.hash_pandas_object(table.rows[["id", "landmark_id"]], index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
+# config keys that say where things are (or how fast), not what the outputs hold
+WHERE_KEYS = ("workers", "data_root", "source_root", "test_root", "nonlandmark_root", "solution_csv")
+
+
+def select_rows(cfg: PrepConfig, rows: pd.DataFrame) -> tuple[int, pd.DataFrame]:
+    """(rows after top-K, rows after sampling) of the source's rows: seed 001's selection."""
+    rows = select.top_k_classes(rows, cfg.top_k)
+    return len(rows), select.subsample(rows, cfg.sample_ratio, cfg.seed, cfg.min_per_class, cfg.max_per_class)
+
+
+def prep_inputs(cfg: PrepConfig, table: SourceTable, extra: ExtraSets, selected: pd.DataFrame | None = None) -> dict:
+    """Everything the outputs depend on, and nothing about where the inputs were found.
+
+    ``config``: the prep keys except paths and ``workers``; ``source``: the reader's content
+    identity; ``rows``: hash of the source's ids, landmark ids and names; ``images``: relative
+    paths, sizes and mtimes of the selected image files (a replaced photo under the same id
+    reruns prep); ``extra_sets``: the competition test set and non-landmark folder (ids, files'
+    relative paths, sizes and mtimes, the solution's bytes). The same data through a symlink or
+    a new mount point gives the same inputs, so a prep there is a no-op.
+    """
+    cols = [c for c in ("id", "landmark_id", "name") if c in table.rows.columns]
+    rows = pd.util.hash_pandas_object(table.rows[cols], index=False).to_numpy().tobytes()
+    images = None
+    if cfg.source in FILE_SOURCES and not table.rows.empty:
+        if selected is None:
+            selected = select_rows(cfg, table.rows)[1]
+        images = files_signature(selected["src"], source_root(cfg))
+    return {
+        "config": {k: v for k, v in asdict(cfg).items() if k not in WHERE_KEYS},
+        "source": table.identity or table.description,
+        "rows": hashlib.sha1(rows).hexdigest()[:16],
+        "images": images,
+        "extra_sets": extra.signature(),
+    }
+
+
+def fingerprint(inputs: dict) -> str:
+    """The prep's identity (``prep_report.json``; runs and prediction files record it)."""
+    return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _expected_outputs(out: Path, extra: ExtraSets) -> list[Path]:
@@ -148,14 +192,50 @@ def _expected_outputs(out: Path, extra: ExtraSets) -> list[Path]:
     return paths
 
 
-def is_up_to_date(out: Path, fingerprint: str, extra: ExtraSets | None = None) -> bool:
-    report = out / schema.PREP_REPORT
-    if not report.is_file() or not all(p.is_file() for p in _expected_outputs(out, extra or ExtraSets())):
-        return False
+def _read_report(out: Path) -> dict | None:
     try:
-        return json.loads(report.read_text()).get("fingerprint") == fingerprint
+        report = json.loads((out / schema.PREP_REPORT).read_text())
     except (OSError, json.JSONDecodeError):
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def is_up_to_date(out: Path, fingerprint: str, extra: ExtraSets | None = None) -> bool:
+    report = _read_report(out)
+    if report is None or not all(p.is_file() for p in _expected_outputs(out, extra or ExtraSets())):
         return False
+    return report.get("fingerprint") == fingerprint
+
+
+def rerun_reason(out: Path, inputs: dict, extra: ExtraSets | None = None) -> str:
+    """Why the prep in ``out`` is not up to date for ``inputs`` (for the log: a rebuild at GLD
+    scale costs hours, so the user must see what triggered it)."""
+    report = _read_report(out)
+    if report is None:
+        return f"no finished prep in {out}" if not (out / schema.PREP_REPORT).exists() else "unreadable prep report"
+    missing = [p.name for p in _expected_outputs(out, extra or ExtraSets()) if not p.is_file()]
+    if missing:
+        return f"output(s) missing: {', '.join(missing)}"
+    old = report.get("inputs")
+    if not isinstance(old, dict):
+        return "the prep report was written by an older version (no content keys); cached images are reused"
+    reasons = []
+    old_cfg, new_cfg = old.get("config") or {}, inputs["config"]
+    changed = [k for k in sorted(set(old_cfg) | set(new_cfg)) if old_cfg.get(k) != new_cfg.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} {old_cfg.get(k)!r} -> {new_cfg.get(k)!r}" for k in changed[:5])
+        reasons.append(f"config changed: {shown}{' ...' if len(changed) > 5 else ''}")
+    if old.get("source") != inputs["source"]:
+        reasons.append(f"the source changed ({old.get('source')!r} -> {inputs['source']!r})")
+    if old.get("rows") != inputs["rows"]:
+        reasons.append("the source's rows changed (ids, landmark ids or names)")
+    elif old.get("images") != inputs["images"] and not changed:
+        reasons.append("the selected images changed (files' sizes or mtimes)")
+    if old.get("extra_sets") != inputs["extra_sets"]:
+        reasons.append(
+            "the competition test set or the non-landmark folder changed (ids, files' sizes or mtimes, solution)"
+        )
+    return "; ".join(reasons) or "the fingerprint changed"
 
 
 def _opener(cfg: PrepConfig, table: SourceTable):
@@ -163,6 +243,41 @@ def _opener(cfg: PrepConfig, table: SourceTable):
     if cfg.source in FILE_SOURCES:
         return functools.partial(draft_open, size=cfg.image_size)
     return table.open_image
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "disk full: free some space or choose another data_root; finished files are kept, rerun to resume",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose another data_root",
+    errno.EACCES: "permission denied: choose a writable data_root (or fix the folder's permissions)",
+    errno.EPERM: "not permitted: choose a writable data_root (or fix the folder's permissions)",
+    errno.EROFS: "read-only file system: choose a writable data_root",
+}
+
+
+@contextlib.contextmanager
+def stage_os_errors(stage: str) -> Iterator[None]:
+    """An OSError escaping the stage (full disk, unwritable or read-only folder, ...) becomes one
+    :class:`PipelineError` line naming the file, instead of a traceback from deep inside pandas."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise
+        log.debug("%s failed", stage, exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        hint = f" ({_OS_HINTS[e.errno]})" if e.errno in _OS_HINTS else ""
+        raise PipelineError(f"{stage}: {where}{e.strerror or type(e).__name__}{hint}") from None
+
+
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError that names no file (``write()`` on a full disk names none)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
 
 
 def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
@@ -175,20 +290,33 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
     ``images = readable + sum(skipped) = test + pool + sum(skipped)``.
     Dropped rows are listed in ``skipped_reading.csv``, ``skipped_images.csv``,
     ``skipped_competition.csv`` and ``skipped_nonlandmark.csv``.
+
+    A second prep of the same dataset folder is refused while this one runs (one line naming
+    it); an OSError (full disk, unwritable folder) is one :class:`PipelineError` naming the file.
     """
-    t0 = time.time()
     out = Path(cfg.data_root) / cfg.dataset
+    with stage_os_errors("prep"), folder_lock(out, "prep"):
+        return _run_prep(cfg, out, progress)
+
+
+def _run_prep(cfg: PrepConfig, out: Path, progress: bool) -> dict:
+    t0 = time.time()
+    cleanup_temp_files(out)  # killed writes of an earlier run (the lock says none is running)
     table = read_source(cfg)
     test_root, nonlandmark_root = extra_roots(cfg)
     extra = read_extra_sets(test_root, cfg.test_format, cfg.solution_csv, nonlandmark_root)
     check_unique_ids(extra, table.rows, table.description)
-    fp = _fingerprint(cfg, table, extra)
+    if table.rows.empty:
+        _write_list(out / SKIPPED_READING, getattr(table, "skipped_rows", None))
+        raise DataError(f"prep: {table.description} has no usable rows (see {out / SKIPPED_READING})")
+    after_top_k, selected = select_rows(cfg, table.rows)
+    inputs = prep_inputs(cfg, table, extra, selected)
+    fp = fingerprint(inputs)
     if is_up_to_date(out, fp, extra):
         log.info("%s is up to date (fingerprint %s): nothing to do", out, fp)
+        _recheck_cache(cfg, out, table, extra, progress)
         return json.loads((out / schema.PREP_REPORT).read_text())
-    if out.is_dir():
-        cleanup_temp_files(out)
-    out.mkdir(parents=True, exist_ok=True)
+    log.info("prep %s runs: %s", out, rerun_reason(out, inputs, extra))
     rows = table.rows
     report: dict = {
         "source": table.description,
@@ -198,30 +326,22 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
         "classes_in": int(rows["landmark_id"].nunique()),
     }
     _write_list(out / SKIPPED_READING, getattr(table, "skipped_rows", None))
-    if rows.empty:
-        raise DataError(f"prep: {table.description} has no usable rows (see {out / SKIPPED_READING})")
-    rows = select.top_k_classes(rows, cfg.top_k)
-    report["rows_after_top_k"] = len(rows)
-    rows = select.subsample(rows, cfg.sample_ratio, cfg.seed, cfg.min_per_class, cfg.max_per_class)
+    report["rows_after_top_k"] = after_top_k
+    rows = selected
     report["rows_after_sampling"] = len(rows)
 
     fmt = cfg.cache_format()
-    cache_meta = {
-        "source": table.description,
-        "size": cfg.image_size,
-        "mode": cfg.resize_mode,
-        "format": fmt,
-        "quality": cfg.jpeg_quality if fmt == "jpeg" else None,
-    }
-    prepare_cache_dir(out, cache_meta)
+    cache_meta = cache_settings(cfg, table)
+    with naming(out / CACHE_DIR / CACHE_META):
+        prepare_cache_dir(out, cache_meta)
     cache_stats: list[dict] = []
 
     def cache(df: pd.DataFrame, opener=None) -> tuple[dict[str, str], dict[str, str], dict]:
-        """Cache ``df``'s ``id, src`` rows like every other image of the stage; a user folder
-        (opener None: files of the test set or non-landmark folder) is checked for replaced files."""
-        if opener is None:
-            _drop_stale(df, out, fmt)
-        done, failed, st = _cache(df, opener or file_opener, cfg, out, fmt, progress)
+        """Cache ``df``'s ``id, src`` rows like every other image of the stage; files (the file
+        sources, the test set and non-landmark folder) are checked against their recorded size
+        and mtime, so a replaced file under the same id is re-encoded."""
+        track = opener is None or cfg.source in FILE_SOURCES
+        done, failed, st = _cache(df, opener or file_opener, cfg, out, fmt, progress, track)
         cache_stats.append(st)
         return done, failed, st
 
@@ -236,9 +356,15 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
         raise DataError(f"prep: no readable images left for {cfg.dataset} (see {out / SKIPPED_IMAGES})")
     rows["image"] = rows["id"].map(done)
     rows["split"] = select.stratified_split(rows, cfg.val_frac, cfg.test_frac, cfg.seed)
+    if not (rows["split"] == "test").any():
+        largest = int(rows["landmark_id"].value_counts().max())
+        raise DataError(
+            f"prep: the internal test split of {cfg.dataset} is empty (test_frac={cfg.test_frac} of at most "
+            f"{largest} images per class rounds to 0); training evaluates it after the last epoch: raise test_frac"
+        )
     lm = select.label_map(rows)
     label_of = dict(zip(lm["landmark_id"], lm["label"]))
-    rows["label"] = rows["landmark_id"].map(label_of).astype(int)
+    rows["label"] = rows["landmark_id"].map(label_of).astype("int64")
     manifests = {s: rows.loc[rows["split"] == s, schema.MANIFEST_COLUMNS] for s in schema.SPLITS}
     report["competition"] = report["nonlandmark"] = None
     if extra.competition is not None:
@@ -254,17 +380,24 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
         "encoded": sum(st["encoded"] for st in cache_stats),
         "reused": sum(st["reused"] for st in cache_stats),
     }
+    reencoded: dict[str, int] = {}
+    for st in cache_stats:
+        for why, n in st.get("reencoded", {}).items():
+            reencoded[why] = reencoded.get(why, 0) + n
+    report["cache"]["reencoded"] = dict(sorted(reencoded.items()))
 
-    write_csv(out / schema.LABEL_MAP, lm[schema.LABEL_MAP_COLUMNS])
+    _write_csv(out / schema.LABEL_MAP, lm[schema.LABEL_MAP_COLUMNS])
     _remove_unconfigured(out, extra)
     for name, df in manifests.items():
-        write_csv(schema.manifest_path(out, name), df[schema.MANIFEST_COLUMNS])
-    write_yaml(out / schema.PREP_CONFIG, asdict(cfg))
+        _write_csv(schema.manifest_path(out, name), df[schema.MANIFEST_COLUMNS])
+    with naming(out / schema.PREP_CONFIG):
+        write_yaml(out / schema.PREP_CONFIG, asdict(cfg))
     if cfg.packed:
-        from data_prep.packed import build_packed
+        from data_prep.packed import build_packed, packed_paths
 
         ordered = pd.concat(manifests.values(), ignore_index=True)  # manifest order: splits, then the extra sets
-        report["packed"] = build_packed(out, ordered["id"], ordered["image"], cfg.image_size, cfg.workers, progress)
+        with naming(packed_paths(out, cfg.image_size)[0]):
+            report["packed"] = build_packed(out, ordered["id"], ordered["image"], cfg.image_size, cfg.workers, progress)
     counts = lm["count"]
     report.update(
         rows_kept=len(rows),
@@ -277,12 +410,15 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
             "mean": round(float(counts.mean()), 2),
         },
         histogram=HISTOGRAM,
+        inputs=inputs,
         fingerprint=fp,
         seconds=round(time.time() - t0, 1),
     )
     _check_counts(report)
-    _plot_histogram(lm, out / HISTOGRAM, cfg.dataset)
-    write_json(out / schema.PREP_REPORT, report)  # written last: its fingerprint marks a complete prep
+    with naming(out / HISTOGRAM):
+        _plot_histogram(lm, out / HISTOGRAM, cfg.dataset)
+    with naming(out / schema.PREP_REPORT):
+        write_json(out / schema.PREP_REPORT, report)  # written last: its fingerprint marks a complete prep
     log.info(
         "prep %s: %d images in %d classes -> train/val/test %s (%.1fs)",
         cfg.dataset,
@@ -294,8 +430,59 @@ def run_prep(cfg: PrepConfig, progress: bool = True) -> dict:
     return report
 
 
+def cache_settings(cfg: PrepConfig, table: SourceTable) -> dict:
+    """``images/cache.json``: what the cached pixels depend on (never the raw data's path)."""
+    fmt = cfg.cache_format()
+    return {
+        "source": FILE_SOURCE if cfg.source in FILE_SOURCES else (table.identity or table.description),
+        "size": cfg.image_size,
+        "mode": cfg.resize_mode,
+        "format": fmt,
+        "quality": cfg.jpeg_quality if fmt == "jpeg" else None,
+    }
+
+
+def sources_of(cfg: PrepConfig, table: SourceTable, extra: ExtraSets) -> dict[str, tuple[str, object, bool]]:
+    """``{id: (src, opener, track_sources)}`` of every image prep caches (to re-encode one)."""
+    file_opener = functools.partial(draft_open, size=cfg.image_size)
+    opener, track = _opener(cfg, table), cfg.source in FILE_SOURCES
+    skipped = getattr(table, "skipped_rows", None)  # e.g. a source image gone since: says so when re-encoded
+    out = {} if skipped is None else {i: (src, opener, track) for i, src in zip(skipped["id"], skipped["src"])}
+    out.update({i: (src, opener, track) for i, src in zip(table.rows["id"], table.rows["src"])})
+    for df in (extra.competition, extra.nonlandmark):
+        if df is not None:
+            out.update({i: (src, file_opener, True) for i, src in zip(df["id"], df["src"])})
+    return out
+
+
+def _recheck_cache(cfg: PrepConfig, out: Path, table: SourceTable, extra: ExtraSets, progress: bool) -> None:
+    """An up-to-date prep still checks its cached files (cheap: header and end marker) and
+    re-encodes damaged ones, so rerunning prep after a decode error is never a silent no-op."""
+    from data_prep import verify
+
+    names = verify.manifest_names(out)
+    problems = verify.check_cache(out, names, workers=cfg.workers)
+    if not problems:
+        return
+    log.warning("%s: %d cached images are damaged: re-encoding them", out, len({i for _, i, _ in problems}))
+    fixed, unfixed = verify.repair(out, problems, sources_of(cfg, table, extra), cfg.workers, progress)
+    patched = verify.patch_packed(out, names, list(fixed), cfg.workers)
+    log.info("%s: re-encoded %d damaged cached images (%d packed rows rewritten)", out, len(fixed), patched)
+    if unfixed:
+        first = next(iter(unfixed.items()))
+        raise DataError(
+            f"prep: {len(unfixed)} damaged cached images of {out} could not be re-encoded "
+            f"(first: {first[0]}: {first[1]}); run 'python -m data_prep verify' for the list"
+        )
+
+
+def _write_csv(path: Path, df: pd.DataFrame) -> None:
+    with naming(path):
+        write_csv(path, df)
+
+
 def _cache(
-    rows: pd.DataFrame, opener, cfg: PrepConfig, out: Path, fmt: str, progress: bool
+    rows: pd.DataFrame, opener, cfg: PrepConfig, out: Path, fmt: str, progress: bool, track: bool = False
 ) -> tuple[dict[str, str], dict[str, str], dict]:
     """Cache the ``id, src`` rows with the stage's size/mode/format; (done, failed, stats)."""
     stats: dict = {}
@@ -310,6 +497,7 @@ def _cache(
         progress,
         fmt=fmt,
         stats=stats,
+        track_sources=track,
     )
     return done, failed, stats
 
@@ -326,24 +514,6 @@ def _reason_counts(failed: dict[str, str]) -> dict[str, int]:
     return {k: int(v) for k, v in sorted(pd.Series(failed, dtype=object).value_counts().items())}
 
 
-def _drop_stale(rows: pd.DataFrame, out: Path, fmt: str) -> None:
-    """Delete cached files older than their source (a replaced test image under the same id).
-
-    The cache is keyed by id; the competition and non-landmark folders are user folders whose
-    files may be swapped between runs, so their cached copies are checked against the source's
-    mtime and ctime (ctime also catches a replacement that kept an old mtime, e.g. from a tar).
-    """
-    ext = FORMATS[fmt]
-    for image_id, src in zip(rows["id"], rows["src"]):
-        cached = out / cache_relpath(image_id, ext)
-        try:
-            st = os.stat(src)
-            if cached.stat().st_mtime_ns < max(st.st_mtime_ns, st.st_ctime_ns):
-                cached.unlink()
-        except FileNotFoundError:
-            continue
-
-
 def _competition(extra: ExtraSets, cache, label_of: dict[int, int], out: Path) -> tuple[pd.DataFrame, dict]:
     """Cache the competition test images; (manifest of the readable ones, report section).
 
@@ -356,7 +526,7 @@ def _competition(extra: ExtraSets, cache, label_of: dict[int, int], out: Path) -
     if len(missing):  # build_cache answers every id; a gap would be a bug, not a data problem
         raise AssertionError(f"cache returned no result for {len(missing)} competition ids")
     order = pd.DataFrame({"id": comp["id"], "status": comp["id"].map(lambda i: failed.get(i, "ok"))})
-    write_csv(out / schema.COMPETITION_ORDER, order)
+    _write_csv(out / schema.COMPETITION_ORDER, order)
     _write_list(out / SKIPPED_COMPETITION, _failures(comp, failed, stats))
     labels = label_rows(comp["id"], extra.solution, label_of)
     ok = comp["id"].isin(done)
@@ -434,7 +604,7 @@ def _write_list(path: Path, df: pd.DataFrame | None) -> None:
     """Write a skip list (also when empty, so a rerun never shows a stale list)."""
     if df is None:
         df = pd.DataFrame(columns=["id", "src", "reason"])
-    write_csv(path, df)
+    _write_csv(path, df)
 
 
 def _check_counts(r: dict) -> None:

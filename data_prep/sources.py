@@ -23,7 +23,11 @@ class SourceTable:
     rows: pd.DataFrame  # SOURCE_COLUMNS (+ optional "split"); id str, landmark_id int, name str, src str
     open_image: Callable[[str], Image.Image]  # src -> RGB PIL image; raises on unreadable input
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped while reading
-    description: str = ""
+    description: str = ""  # for people: names the folder it was read from
+    # what the content is, never where it was found (the prep fingerprint and the image cache key
+    # on it): the reader's kind for file sources (their files are checked one by one), a content
+    # signature for in-memory sources (CIFAR: its files' names, sizes and mtimes)
+    identity: str = ""
 
     def __post_init__(self) -> None:
         missing = [c for c in SOURCE_COLUMNS if c not in self.rows.columns]

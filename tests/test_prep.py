@@ -55,9 +55,13 @@ def test_rerun_is_a_noop(tiny_data):
     from data_prep.prep import run_prep
 
     data_dir = tiny_data["data_root"] / "tiny"
-    before = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+
+    def files():  # .lock holds who runs prep now: rewritten by every run, never read as data
+        return {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    before = files()
     report = run_prep(tiny_data["prep_cfg"], progress=False)
-    after = {p: p.stat().st_mtime_ns for p in data_dir.rglob("*") if p.is_file()}
+    after = files()
     assert before == after
     assert report["fingerprint"] == json.loads((data_dir / schema.PREP_REPORT).read_text())["fingerprint"]
 

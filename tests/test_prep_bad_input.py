@@ -41,7 +41,8 @@ def make_gld(root: Path, n: int = 12, classes: int = 3, size: int = 32) -> pd.Da
 
 
 def cfg(tmp_path, **kw):
-    return gld_prep_config(tmp_path, **{"dataset": "b", **kw})
+    # tiny classes (2-3 images): test_frac 0.5 keeps a test image per class (an empty test split is refused)
+    return gld_prep_config(tmp_path, **{"dataset": "b", "test_frac": 0.5, **kw})
 
 
 def write(path: Path, text: str) -> Path:
