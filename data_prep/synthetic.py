@@ -42,7 +42,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from common.io import atomic_write, write_csv, write_json
+from common.io import atomic_write, cleanup_temp_files, write_csv, write_json
+from common.lock import folder_lock
+from data_prep.workers import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +431,22 @@ def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.D
 
     Besides the landmark photos: the non-landmark pool (``nonlandmark/`` + ``nonlandmark.csv``) and a
     competition test folder in the GLR 2020 layout with its solution (``competition/``).
+
+    One generator per folder at a time (``root/.lock``); temporary files of a killed earlier run
+    are removed first; the render workers are processes that die with this one
+    (:func:`data_prep.workers.die_with_parent`: killing prep never leaves them rendering). Call
+    it from the thread that owns the work (the kernel's parent-death signal follows the thread
+    that started the workers).
     """
     root = Path(root)
+    with folder_lock(root, "generating the synthetic data set"):
+        return _generate(root, spec, workers)
+
+
+def _generate(root: Path, spec: SynthSpec, workers: int) -> pd.DataFrame:
+    removed = cleanup_temp_files(root)
+    if removed:
+        log.info("%s: removed %d temporary files of a killed earlier run", root, removed)
     if (root / SPEC_FILE).is_file() and not is_complete(root, spec):
         log.info("%s was generated from another spec or generator version: regenerating", root)
         clear(root)
@@ -454,7 +470,7 @@ def generate(root: str | os.PathLike, spec: SynthSpec, workers: int = 2) -> pd.D
     if len(set(all_ids)) != len(all_ids):  # a 64-bit hash collision: would mix two images up
         raise AssertionError("synthetic generator: two generated images share an id")
     jobs = [(spec.seed, spec.image_size, tasks[s : s + 64]) for s in range(0, len(tasks), 64)]
-    with ProcessPoolExecutor(max(1, workers)) as pool:
+    with ProcessPoolExecutor(max(1, workers), initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         written = sum(pool.map(_render_job, jobs))
     df = pd.DataFrame(rows, columns=["id", "url", "landmark_id"])
     df = df.sample(frac=1.0, random_state=spec.seed).reset_index(drop=True)  # GLD's csv is not grouped
