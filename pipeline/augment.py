@@ -12,9 +12,10 @@ A policy is one :class:`Policy` row in :data:`POLICIES` (``augment:`` in the tra
 
 The per-item form (:class:`ItemPipeline`, :class:`AlbumentationsItems`) transforms one uint8
 (3, H, W) tensor; the batched form (:class:`BatchAugment`) draws every random parameter of a
-batch at once and renders crops/flips of a whole batch straight out of the packed uint8 array,
-with the colour jitter as a batch tensor operation (:func:`apply_jitter`, on the training device
-through :class:`BatchColorJitter`). Both forms draw the same distribution of augmentations.
+batch at once and renders the batch straight out of the packed uint8 array (crops, flips and
+the colour jitter as one 3x4 colour matrix per image, by OpenCV), or leaves the jitter to a
+batch tensor operation on the training device (:class:`BatchColorJitter`, :func:`apply_jitter`).
+Both forms draw the same distribution of augmentations.
 
 Randomness never comes from torch's or numpy's global generators: every form draws from its
 own ``torch.Generator`` that the data layer reseeds from ``(seed, epoch, rows)`` (see
@@ -328,7 +329,8 @@ class BatchAugment:
     ``mode``: ``crop`` (random crop of ``size`` after ``padding``, as :class:`FastRandomCrop`),
     ``rrc`` (random resized crop, as :class:`FastRandomResizedCrop`) or ``center`` (evaluation:
     ``v2.CenterCrop(size)``, no randomness). ``hflip`` and ``jitter`` as the item transforms;
-    ``jitter=0`` leaves the colour jitter to a device transform (or off).
+    ``jitter=0`` leaves the colour jitter to a device transform (or off). ``use_cv2=False``
+    renders crops with numpy/torch only (the fallback when OpenCV is missing).
     """
 
     def __init__(
@@ -340,11 +342,13 @@ class BatchAugment:
         jitter: float = 0.0,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = RRC_RATIO,
+        use_cv2: bool = True,
     ) -> None:
         if mode not in ("crop", "rrc", "center"):
             raise ValueError(f"unknown batch mode {mode!r}")
         self.size, self.mode, self.padding, self.hflip, self.jitter = size, mode, padding, hflip, jitter
         self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.use_cv2 = use_cv2
 
     @property
     def random(self) -> bool:
@@ -380,42 +384,100 @@ class BatchAugment:
     def render(self, src: np.ndarray, rows: np.ndarray, plan: BatchPlan, out: torch.Tensor) -> torch.Tensor:
         """Fill ``out`` (n, 3, size, size) uint8 from ``src[rows]`` (NHWC uint8, e.g. a memory map).
 
-        Rows are visited in ascending order (sequential reads of the memory map); a crop is one
-        strided copy per image straight into (3, H, W) order, a flip one more pass over flipped
-        images only, the colour jitter one float pass in cache-sized chunks.
+        Rows are visited in ascending order (sequential reads of the memory map). Crops: with
+        OpenCV (``use_cv2``, the default when it is installed) each image is cut, flipped,
+        jittered (one 3x4 colour matrix, :func:`jitter_matrix`) and split into (3, H, W) planes
+        by SIMD kernels, ~4x faster than numpy's strided copy and torch's float jitter here;
+        without it, one strided copy per image, a flip pass and :func:`apply_jitter`. Resized
+        crops (``rrc``) use torch's antialiased bilinear resize (torchvision's kernel).
         """
-        s = self.size
-        out_np = out.numpy()
-        padded = bool(
-            (plan.y0 < 0).any()
-            or (plan.x0 < 0).any()
-            or (plan.y0 + plan.h > src.shape[1]).any()
-            or (plan.x0 + plan.w > src.shape[2]).any()
-        )
-        if padded:
-            out.zero_()
-        for k in np.argsort(rows, kind="stable"):
-            y0, x0, h, w = int(plan.y0[k]), int(plan.x0[k]), int(plan.h[k]), int(plan.w[k])
-            if self.mode == "rrc":
-                box_np = src[rows[k], y0 : y0 + h, x0 : x0 + w]
-                if not box_np.flags.writeable:  # torch wraps only writeable arrays without a warning
-                    box_np = np.array(box_np)
-                box = torch.from_numpy(box_np).permute(2, 0, 1)
-                resized = F.interpolate(box[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-                out[k].copy_(resized[0])
-            else:
-                # intersection of the box with the image; the rest stays zero (padding)
-                ya, yb = max(y0, 0), min(y0 + h, src.shape[1])
-                xa, xb = max(x0, 0), min(x0 + w, src.shape[2])
-                if ya < yb and xa < xb:
-                    window = src[rows[k], ya:yb, xa:xb].transpose(2, 0, 1)
-                    np.copyto(out_np[k, :, ya - y0 : yb - y0, xa - x0 : xb - x0], window)
-        flipped = np.flatnonzero(plan.flip)
-        for k in flipped:
+        order = np.argsort(rows, kind="stable")
+        if self.mode == "rrc":
+            self._render_resized(src, rows, plan, out, order)
+        elif self.use_cv2 and _cv2() is not None:
+            self._render_cv2(src, rows, plan, out, order)
+            return out
+        else:
+            self._render_copy(src, rows, plan, out, order)
+        for k in np.flatnonzero(plan.flip):
             out[k] = out[k].flip(-1)
         if plan.jitter is not None:
             apply_jitter(out, plan.jitter)
         return out
+
+    def _window(self, src: np.ndarray, row: int, y0: int, x0: int) -> tuple[np.ndarray, slice, slice]:
+        """The part of the crop box inside the image, and where it goes in the crop (padding)."""
+        s = self.size
+        ya, yb = max(y0, 0), min(y0 + s, src.shape[1])
+        xa, xb = max(x0, 0), min(x0 + s, src.shape[2])
+        return src[row, ya:yb, xa:xb], slice(ya - y0, yb - y0), slice(xa - x0, xb - x0)
+
+    def _render_copy(self, src, rows, plan, out, order) -> None:
+        s, out_np = self.size, out.numpy()
+        for k in order:
+            window, ys, xs = self._window(src, rows[k], int(plan.y0[k]), int(plan.x0[k]))
+            if window.shape[:2] != (s, s):
+                out_np[k] = 0  # zero padding around the part inside the image
+            if window.size:
+                np.copyto(out_np[k, :, ys, xs], window.transpose(2, 0, 1))
+
+    def _render_cv2(self, src, rows, plan, out, order) -> None:
+        cv2 = _cv2()
+        s, out_np = self.size, out.numpy()
+        for k in order:
+            window, ys, xs = self._window(src, rows[k], int(plan.y0[k]), int(plan.x0[k]))
+            if window.shape[:2] != (s, s):
+                padded = np.zeros((s, s, 3), dtype=np.uint8)
+                padded[ys, xs] = window
+                window = padded
+            if plan.flip[k]:
+                window = cv2.flip(window, 1)
+            if plan.jitter is not None:
+                window = cv2.transform(window, jitter_matrix(plan.jitter[k].tolist(), cv2.mean(window)))
+            # split writes into the three planes only from a contiguous source (else it copies)
+            cv2.split(np.ascontiguousarray(window), [out_np[k, 0], out_np[k, 1], out_np[k, 2]])
+
+    def _render_resized(self, src, rows, plan, out, order) -> None:
+        s = self.size
+        for k in order:
+            y0, x0, h, w = int(plan.y0[k]), int(plan.x0[k]), int(plan.h[k]), int(plan.w[k])
+            box_np = src[rows[k], y0 : y0 + h, x0 : x0 + w]
+            if not box_np.flags.writeable:  # torch wraps only writeable arrays without a warning
+                box_np = np.array(box_np)
+            box = torch.from_numpy(box_np).permute(2, 0, 1)
+            resized = F.interpolate(box[None], size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+            out[k].copy_(resized[0])
+
+
+def jitter_matrix(factors: list[float], channel_means) -> np.ndarray:
+    """:class:`FastColorJitter` of one image as a 3x4 colour matrix (for ``cv2.transform``).
+
+    ``out_c = bcs * x_c + bc(1 - s) * gray + b(1 - c) * mean(gray)`` with ``gray = w . x`` is
+    linear in the pixel: row c is ``bcs * e_c + bc(1 - s) * w``, plus the offset. OpenCV rounds
+    to the nearest level where the torch version truncates; the -0.5 in the offset keeps the
+    two within one level of each other (same distribution, to the level).
+    """
+    b, c, s = factors
+    w = np.asarray(_GRAY, dtype=np.float64)
+    mean = float(np.dot(w, np.asarray(channel_means[:3], dtype=np.float64)))
+    m = np.empty((3, 4), dtype=np.float32)
+    m[:, :3] = b * c * (1 - s) * w[None, :] + b * c * s * np.eye(3)
+    m[:, 3] = b * (1 - c) * mean - 0.5
+    return m
+
+
+_CV2: list = []
+
+
+def _cv2():
+    """OpenCV (installed with albumentations) or ``None``; imported once."""
+    if not _CV2:
+        try:
+            import cv2
+        except ImportError:
+            cv2 = None
+        _CV2.append(cv2)
+    return _CV2[0]
 
 
 def _center_offset(length: int, size: int) -> int:

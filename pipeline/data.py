@@ -11,8 +11,11 @@ Two input paths feed training (:func:`build_train_input`):
 * ``per_item``: one ``__getitem__``, one transform call and one collate per image; the JPEG
   cache, and any policy (``strong`` needs it: albumentations works per image).
 * ``batched``: the packed uint8 cache read one batch at a time (:class:`BatchedPackedDataset`,
-  ``__getitems__``): one pass over the batch's rows in ascending order, crops and flips as
-  strided copies, colour jitter as a batch tensor operation (on the GPU when training there).
+  ``__getitems__``): one pass over the batch's rows in ascending order, every random parameter
+  of the batch drawn at once, crops/flips (and on a CPU the colour jitter) by OpenCV's SIMD
+  kernels straight into the (N, 3, H, W) batch; on a GPU the jitter is a batch tensor operation
+  on the device (``TrainInput.device_transform``). ~10-15x the JPEG cache per core
+  (bench/bench_input.py).
 
 Randomness: every augmentation draws from a private generator seeded from ``(seed, epoch, row)``
 (per item) or ``(seed, epoch, rows of the batch)`` (batched), set by :meth:`TrainInput.set_epoch`.
