@@ -148,11 +148,12 @@ def read_competition_images(test_root: str | Path, test_format: str = "auto") ->
     return pd.DataFrame({"id": ids.astype(object), "src": _tree_paths(root, ids).astype(object)})
 
 
-def files_signature(srcs: pd.Series | list[str], root: str | Path | None = None) -> str:
-    """Identity of a set of files for the prep fingerprint: path, size and mtime of each (absent = -1).
+def files_signature(srcs: pd.Series | list[str], root: str | Path | None = None, mtimes: bool = True) -> str:
+    """Identity of a set of files for the prep fingerprint: path, size (and mtime) of each (absent = -1).
 
     With ``root``, paths are taken relative to it: the same files reached through another path
-    (a symlink, a new mount point) have the same signature.
+    (a symlink, a new mount point) have the same signature. ``mtimes=False`` also keeps it for a
+    copy that did not keep the mtimes (``cp -r``); a replaced photo almost always has another size.
     """
     prefix = os.path.join(str(root), "") if root is not None else ""
     h = hashlib.sha1()
@@ -160,7 +161,8 @@ def files_signature(srcs: pd.Series | list[str], root: str | Path | None = None)
         name = src[len(prefix) :] if prefix and src.startswith(prefix) else src
         try:
             st = os.stat(src)
-            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            key = f"{name}\0{st.st_size}" + (f"\0{st.st_mtime_ns}" if mtimes else "")
+            h.update(f"{key}\n".encode())
         except OSError:
             h.update(f"{name}\0-1\n".encode())
     return h.hexdigest()[:16]
@@ -267,20 +269,21 @@ class ExtraSets:
     nonlandmark: pd.DataFrame | None = None  # id, src
 
     def signature(self) -> str:
-        """Identity for the prep fingerprint: ids, files' relative paths, sizes and mtimes, the
-        solution's bytes; never the folders' own paths (a symlink or new mount is the same set)."""
+        """Identity for the prep fingerprint: ids, files' relative paths and sizes, the solution's
+        bytes; never the folders' own paths or the files' mtimes (a symlink, a new mount or a copy
+        is the same set; the image cache itself checks each file's mtime and content sample)."""
         h = hashlib.sha1()
         if self.competition is not None:
             h.update(f"competition {self.test_format}\n".encode())
             h.update("\n".join(self.competition["id"]).encode())
-            h.update(files_signature(self.competition["src"], self.test_root).encode())
+            h.update(files_signature(self.competition["src"], self.test_root, mtimes=False).encode())
         if self.solution_path is not None:
             h.update(b"solution\n")
             h.update(hashlib.sha1(self.solution_path.read_bytes()).digest())
         if self.nonlandmark is not None:
             h.update(b"nonlandmark\n")
             h.update("\n".join(self.nonlandmark["id"]).encode())
-            h.update(files_signature(self.nonlandmark["src"], self.nonlandmark_root).encode())
+            h.update(files_signature(self.nonlandmark["src"], self.nonlandmark_root, mtimes=False).encode())
         return h.hexdigest()[:16]
 
 

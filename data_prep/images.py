@@ -15,8 +15,9 @@ The cache is keyed by content, not by where the raw data was found: a cached fil
 when it is sound (:func:`check_cached_file`: a 0-byte, truncated or garbage file is re-encoded)
 and, for file sources, when its source still has the size and mtime recorded in
 ``images/sources.csv`` (so the same files reached through a symlink or a new mount point are
-reused, and a replaced file under the same id is re-encoded). Every re-encode is logged with
-its reason.
+reused, and a replaced file under the same id is re-encoded; a copy with new mtimes is told
+from a replaced file by its size and a hash of its first and last 4 KiB). Every re-encode is
+logged with its reason.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR = "images"
 CACHE_META = "cache.json"  # size/mode/format of the files in images/; a change clears the folder
-SOURCES_LEDGER = "sources.csv"  # id, size, mtime_ns of the source file each cached image was made from
+SOURCES_LEDGER = "sources.csv"  # id, size, mtime_ns, content sample of the source of each cached image
 FORMATS = {"jpeg": "jpg", "png": "png"}
 FILE_SOURCE = "files"  # cache.json "source" of file sources: checked per file (SOURCES_LEDGER), not by path
 PIXEL_KEYS = ("size", "mode", "format", "quality")  # what the cached pixels depend on
@@ -148,7 +149,10 @@ def check_cached_file(
     return None
 
 
-def _source_sig(src: str) -> tuple[int, int] | None:
+SAMPLE_BYTES = 4096
+
+
+def _source_stat(src: str) -> tuple[int, int] | None:
     """(size, mtime_ns) of a source file (symlinks followed), None when it cannot be read."""
     try:
         st = os.stat(src)
@@ -157,36 +161,62 @@ def _source_sig(src: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def content_sample(src: str) -> str | None:
+    """Hash of a file's first and last 4 KiB and its size: tells a copy with a new mtime (``cp -r``,
+    a new disk) from a replaced photo without reading the whole file. None when unreadable."""
+    try:
+        with open(src, "rb") as f:
+            head = f.read(SAMPLE_BYTES)
+            end = f.seek(0, os.SEEK_END)
+            f.seek(max(len(head), end - SAMPLE_BYTES))
+            tail = f.read()
+    except OSError:
+        return None
+    return hashlib.sha1(head + tail + str(end).encode()).hexdigest()[:16]
+
+
+def _entry(src: str, stat: tuple[int, int] | None) -> tuple | None:
+    return None if stat is None else (*stat, content_sample(src) or "")
+
+
 def _reuse(
     out: Path, fmt: str, size: int, image_id: str, src: str, ledger: dict | None
 ) -> tuple[str | None, tuple | None]:
-    """(why the cached file ``out`` must be re-encoded or None to reuse it, the source's signature)."""
-    sig = _source_sig(src) if ledger is not None else None
+    """(why the cached file ``out`` must be re-encoded, or None to reuse it; the source's ledger entry).
+
+    With a ledger, a sound cached file is reused when its source has the recorded size and
+    mtime, or the recorded size and content sample (the same file copied to a new place).
+    """
+    stat = _source_stat(src) if ledger is not None else None
     try:
         cached_mtime = out.stat().st_mtime_ns
     except FileNotFoundError:
-        return "new", sig
+        return "new", _entry(src, stat)
     problem = check_cached_file(out, fmt, size)
     if problem is not None:
-        return f"damaged cached file ({problem.split(' (')[0]})", sig
-    if ledger is None or sig is None:  # no record kept, or the source is gone: the sound copy is what there is
-        return None, sig
+        return f"damaged cached file ({problem.split(' (')[0]})", _entry(src, stat)
+    if ledger is None or stat is None:  # no record kept, or the source is gone: the sound copy is what there is
+        return None, None
     old = ledger.get(image_id)
     if old is None:  # cached by a run killed before it wrote the ledger: trust a copy newer than its source
-        return (None if cached_mtime >= sig[1] else "source newer than its cached copy"), sig
-    return (None if old == sig else "source changed (size or mtime)"), sig
+        return (None if cached_mtime >= stat[1] else "source newer than its cached copy"), _entry(src, stat)
+    if tuple(old[:2]) == stat:
+        return None, old
+    if old[0] == stat[0] and old[2] and content_sample(src) == old[2]:
+        return None, (*stat, old[2])  # copied or touched: same bytes, new mtime
+    return "source changed (size or content)", _entry(src, stat)
 
 
 def _cache_one(
     item: tuple, out_root: Path, opener: Callable, size: int, mode: str, fmt: str, quality: int, ledger: dict | None
 ) -> tuple:
-    """Cache one ``(id, src)``: (id, relpath, error or None, newly encoded, why re-encoded, source signature)."""
+    """Cache one ``(id, src)``: (id, relpath, error or None, newly encoded, why re-encoded, ledger entry)."""
     image_id, src = item
     rel = cache_relpath(image_id, FORMATS[fmt])
     out = out_root / rel
-    why, sig = _reuse(out, fmt, size, image_id, src, ledger)
+    why, entry = _reuse(out, fmt, size, image_id, src, ledger)
     if why is None:
-        return image_id, rel, None, False, None, sig
+        return image_id, rel, None, False, None, entry
     try:
         img = opener(src)
         img.load()
@@ -201,7 +231,7 @@ def _cache_one(
     else:
         small.save(buf, "JPEG", quality=quality)
     _replace_file(out, buf.getbuffer())
-    return image_id, rel, None, True, why, sig
+    return image_id, rel, None, True, why, entry
 
 
 def _replace_file(path: Path, data: memoryview) -> None:
@@ -272,22 +302,28 @@ def prepare_cache_dir(out_root: str | Path, meta: dict) -> bool:
     return cleared
 
 
-def read_ledger(out_root: str | Path) -> dict[str, tuple[int, int]]:
-    """``{id: (size, mtime_ns)}`` of the source each cached file was made from (empty when absent)."""
+def read_ledger(out_root: str | Path) -> dict[str, tuple[int, int, str]]:
+    """``{id: (size, mtime_ns, content sample)}`` of the source each cached file was made from."""
     path = Path(out_root) / CACHE_DIR / SOURCES_LEDGER
     if not path.is_file():
         return {}
     try:
-        df = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-        return dict(zip(df["id"], zip(df["size"].astype("int64").tolist(), df["mtime_ns"].astype("int64").tolist())))
+        df = pd.read_csv(path, dtype={"id": str, "sample": str}, keep_default_na=False)
+        sizes, mtimes = df["size"].astype("int64").tolist(), df["mtime_ns"].astype("int64").tolist()
+        return dict(zip(df["id"], zip(sizes, mtimes, df["sample"])))
     except (OSError, ValueError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         log.warning("%s is unreadable (%s): cached files are checked against their sources' mtimes", path, e)
         return {}
 
 
-def write_ledger(out_root: str | Path, ledger: dict[str, tuple[int, int]]) -> None:
+def write_ledger(out_root: str | Path, ledger: dict[str, tuple[int, int, str]]) -> None:
     ids = sorted(ledger)
-    df = pd.DataFrame({"id": ids, "size": [ledger[i][0] for i in ids], "mtime_ns": [ledger[i][1] for i in ids]})
+    df = pd.DataFrame({
+        "id": ids,
+        "size": [ledger[i][0] for i in ids],
+        "mtime_ns": [ledger[i][1] for i in ids],
+        "sample": [ledger[i][2] for i in ids],
+    })  # fmt: skip
     write_csv(Path(out_root) / CACHE_DIR / SOURCES_LEDGER, df)
 
 
@@ -322,7 +358,7 @@ def build_cache(
     details: dict[str, str] = {}
     reencoded: Counter = Counter()
     ledger = read_ledger(out_root) if track_sources else None
-    seen: dict[str, tuple[int, int]] = {}
+    seen: dict[str, tuple] = {}
     encoded = 0
 
     def work(chunk: list) -> list:
@@ -334,7 +370,7 @@ def build_cache(
     with ThreadPoolExecutor(max(1, workers)) as pool:
         bar = tqdm(total=len(items), desc="resize cache", disable=not progress, mininterval=1.0)
         for results in pool.map(work, chunks):
-            for image_id, rel, err, new, why, sig in results:
+            for image_id, rel, err, new, why, entry in results:
                 if err:
                     failed[image_id], details[image_id] = err
                     continue
@@ -342,8 +378,8 @@ def build_cache(
                 encoded += new
                 if why and why != "new":
                     reencoded[why] += 1
-                if sig is not None:
-                    seen[image_id] = sig
+                if entry is not None:
+                    seen[image_id] = entry
             bar.update(len(results))
         bar.close()
     if reencoded:
@@ -353,7 +389,7 @@ def build_cache(
             sum(reencoded.values()),
             ", ".join(f"{n} {why}" for why, n in reencoded.most_common()),
         )
-    if ledger is not None and any(ledger.get(i) != sig for i, sig in seen.items()):
+    if ledger is not None and any(ledger.get(i) != entry for i, entry in seen.items()):
         write_ledger(out_root, {**ledger, **seen})
     if stats is not None:
         stats.update(encoded=encoded, reused=len(done) - encoded, reencoded=dict(reencoded), details=details)

@@ -4,13 +4,14 @@ Output in ``<data_root>/<dataset>/`` (see :mod:`common.schema`). A rerun with th
 and the same source is a no-op (fingerprint in the report); a killed run resumes: cached images
 are kept and the manifests, written last and atomically, are never half-written.
 
-The fingerprint and the image cache key on content (ids, labels, file sizes and mtimes, the
-config's values), never on paths: the same raw data reached through a symlink or a new mount
-point is up to date. When prep does rerun, the log says why (which config key, the source's
-rows, the extra sets). One process at a time: the dataset folder is locked
-(:func:`common.lock.folder_lock`), and a full disk or an unwritable folder is one error line
-naming the file. An up-to-date rerun still checks the cached files (existence, size, header,
-end marker) and re-encodes damaged ones; ``python -m data_prep verify`` decodes every one.
+The fingerprint and the image cache key on content (ids, labels, file sizes, the config's
+values; the cache also each source's mtime and a content sample), never on paths: the same raw
+data reached through a symlink, a new mount point or a copy is up to date. When prep does
+rerun, the log says why (which config key, the source's rows or images, the extra sets). One
+process at a time: the dataset folder is locked (:func:`common.lock.folder_lock`), and a full
+disk or an unwritable folder is one error line naming the file. An up-to-date rerun still
+checks the cached files (existence, size, header, end marker) and re-encodes damaged ones;
+``python -m data_prep verify`` decodes every one.
 
 Beside the labelled source (see :mod:`data_prep.competition`):
 
@@ -157,10 +158,11 @@ def prep_inputs(cfg: PrepConfig, table: SourceTable, extra: ExtraSets, selected:
 
     ``config``: the prep keys except paths and ``workers``; ``source``: the reader's content
     identity; ``rows``: hash of the source's ids, landmark ids and names; ``images``: relative
-    paths, sizes and mtimes of the selected image files (a replaced photo under the same id
-    reruns prep); ``extra_sets``: the competition test set and non-landmark folder (ids, files'
-    relative paths, sizes and mtimes, the solution's bytes). The same data through a symlink or
-    a new mount point gives the same inputs, so a prep there is a no-op.
+    paths and sizes of the selected image files (a replaced photo under the same id reruns
+    prep); ``extra_sets``: the competition test set and non-landmark folder (ids, files'
+    relative paths and sizes, the solution's bytes). The same data through a symlink, a new
+    mount point or a copy gives the same inputs, so a prep there is a no-op. (Mtimes are left
+    to the image cache, which tells a copy from a replaced file by a content sample.)
     """
     cols = [c for c in ("id", "landmark_id", "name") if c in table.rows.columns]
     rows = pd.util.hash_pandas_object(table.rows[cols], index=False).to_numpy().tobytes()
@@ -168,7 +170,7 @@ def prep_inputs(cfg: PrepConfig, table: SourceTable, extra: ExtraSets, selected:
     if cfg.source in FILE_SOURCES and not table.rows.empty:
         if selected is None:
             selected = select_rows(cfg, table.rows)[1]
-        images = files_signature(selected["src"], source_root(cfg))
+        images = files_signature(selected["src"], source_root(cfg), mtimes=False)
     return {
         "config": {k: v for k, v in asdict(cfg).items() if k not in WHERE_KEYS},
         "source": table.identity or table.description,
@@ -230,11 +232,9 @@ def rerun_reason(out: Path, inputs: dict, extra: ExtraSets | None = None) -> str
     if old.get("rows") != inputs["rows"]:
         reasons.append("the source's rows changed (ids, landmark ids or names)")
     elif old.get("images") != inputs["images"] and not changed:
-        reasons.append("the selected images changed (files' sizes or mtimes)")
+        reasons.append("the selected images changed (files' sizes)")
     if old.get("extra_sets") != inputs["extra_sets"]:
-        reasons.append(
-            "the competition test set or the non-landmark folder changed (ids, files' sizes or mtimes, solution)"
-        )
+        reasons.append("the competition test set or the non-landmark folder changed (ids, files' sizes, solution)")
     return "; ".join(reasons) or "the fingerprint changed"
 
 

@@ -296,14 +296,20 @@ def test_prep_through_a_symlinked_or_copied_source_reencodes_nothing(tmp_path, c
     shutil.copytree(tmp_path / "raw", tmp_path / "copy")  # copy2 keeps sizes and mtimes (cp -a, rsync -a)
     copied = prep("copy", top_k=2)
     assert copied["fingerprint"] == changed["fingerprint"] and cache_files(out) == before
+    time.sleep(0.01)
+    shutil.copytree(tmp_path / "raw", tmp_path / "new", copy_function=shutil.copyfile)  # cp -r: new mtimes
+    assert prep("new", top_k=2)["fingerprint"] == changed["fingerprint"]  # the same content: up to date
+    recopied = prep("new", top_k=3)  # a rerun over the copy: told from replaced files by content samples
+    assert recopied["cache"]["encoded"] == 0 and cache_files(out) == before
     # a file replaced under the same id is re-encoded, and the log says why
-    src = gld_image_path(tmp_path / "copy", pd.read_csv(tmp_path / "raw" / "train.csv", dtype=str)["id"][0])
+    src = gld_image_path(tmp_path / "new", pd.read_csv(tmp_path / "raw" / "train.csv", dtype=str)["id"][0])
     Image.new("RGB", (40, 30), (255, 0, 0)).save(src, "JPEG")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="data_prep"):
-        replaced = prep("copy", top_k=2)
-    assert replaced["cache"]["reencoded"] == {"source changed (size or mtime)": 1}
-    assert "re-encoded 1 cached images: 1 source changed (size or mtime)" in caplog.text
+        replaced = prep("new", top_k=3)
+    assert "runs: the selected images changed (files' sizes)" in caplog.text
+    assert replaced["cache"]["reencoded"] == {"source changed (size or content)": 1}
+    assert "re-encoded 1 cached images: 1 source changed (size or content)" in caplog.text
     assert (out / CACHE_DIR / SOURCES_LEDGER).is_file()
 
 
