@@ -31,15 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m data_prep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name, help_, cls in (
-        ("prep", "read, select, split, cache, write manifests", PrepConfig),
-        ("verify", "decode every cached image, re-encode damaged ones from the source", PrepConfig),
-        ("folds", "write the fold file", FoldsConfig),
+    for name, section, help_, cls in (
+        ("prep", "prep", "read, select, split, cache, write manifests", PrepConfig),
+        ("verify", "prep", "decode every cached image, re-encode damaged ones from the source", PrepConfig),
+        ("folds", "folds", "write the fold file", FoldsConfig),
     ):
         s = sub.add_parser(
             name,
             help=help_,
-            description=f"{help_} (YAML section '{name}:')",
+            description=f"{help_} (YAML section '{section}:')",
             epilog=config_help(cls),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
