@@ -42,6 +42,15 @@ def _load(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _end_process_group() -> None:
+    """Shut a multi-process group down before exit (a gloo group left to the interpreter's exit
+    sometimes aborts with 'terminate called without an active exception')."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_stage_configs() -> tuple[type, ...]:
     """Every stage's config class: a command-line key of another stage is left to that stage."""
     from data_prep.config import FoldsConfig, PrepConfig
@@ -98,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd in STAGE_COMMANDS:
         cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides, all_stage_configs())
-        return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
+        try:
+            return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
+        finally:
+            _end_process_group()
     if args.cmd == "settings":
         return settings(args.config, args.overrides)
     if args.cmd == "validate":

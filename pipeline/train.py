@@ -38,13 +38,9 @@ from common import schema
 from common.errors import ConfigError, DataError, PipelineError
 from common.io import cleanup_temp_files, write_csv, write_json, write_yaml
 from common.lock import folder_lock
+from pipeline.augment import build_mixer
 from pipeline.config import TrainConfig
-from pipeline.data import fold_rows
-
-try:  # TEMPORARY until the batched input path lands in pipeline.data
-    from pipeline.data import build_eval_loader, build_train_input
-except ImportError:
-    from pipeline._input_shim import build_eval_loader, build_train_input
+from pipeline.data import build_eval_loader, build_train_input, fold_rows
 from pipeline.engine import (
     Diverged,
     StepParts,
@@ -365,11 +361,6 @@ def _profile(model: torch.nn.Module, img_size: int) -> dict:
 
 def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerator: Accelerator, ident: dict) -> Run:
     """Data, model and the recipe's parts (optimizer, schedule, loss, mixup, EMA), prepared by Accelerate."""
-    try:
-        from pipeline.augment import build_mixer
-    except ImportError:
-        from pipeline._input_shim import build_mixer
-
     data_dir = Path(cfg.data_root) / cfg.dataset
     label_map = schema.read_label_map(data_dir)
     rows = load_rows(cfg, fold, label_map)
@@ -496,6 +487,13 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+def _feed(loader, cfg: TrainConfig, accelerator: Accelerator):
+    """The loader, with the next batch prepared in a background thread while the model runs."""
+    from pipeline.prefetch import Prefetcher
+
+    return Prefetcher(loader, accelerator.device) if cfg.prefetch else loader
+
+
 def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: Progress | None = None) -> RunState:
     """Epochs ``state.epoch + 1 .. cfg.epochs``: train, validate, step the schedule, checkpoint."""
     from pipeline.plots import plot_curves
@@ -507,12 +505,14 @@ def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: 
         t0 = time.time()
         set_seed(cfg.seed + 1000 * (epoch + 1))  # augmentation and dropout: a function of (seed, epoch)
         run.train_input.set_epoch(epoch)  # shuffle order and the input path's own generators: same
+        if run.parts.mixer is not None:
+            run.parts.mixer.set_epoch(epoch)
         row = {"epoch": epoch + 1, "lr": run.parts.schedule.lr}
         try:
             row.update(
                 train_one_epoch(
                     run.model,
-                    run.train_input.loader,
+                    _feed(run.train_input.loader, cfg, accelerator),
                     run.parts,
                     accelerator,
                     run.channels_last,
@@ -521,7 +521,8 @@ def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: 
                     desc=f"{run.tag} {epoch + 1}/{cfg.epochs}",
                 )
             )
-            metrics, _ = evaluate(_eval_model(run, accelerator), run.loaders["val"], accelerator, run.channels_last)
+            val = _feed(run.loaders["val"], cfg, accelerator)
+            metrics, _ = evaluate(_eval_model(run, accelerator), val, accelerator, run.channels_last)
         except Diverged as e:
             raise PipelineError(
                 f"{run.tag}: training diverged in epoch {epoch + 1} ({e}) at lr {row['lr']:.3g}; "
@@ -739,8 +740,9 @@ def run_train(cfg: TrainConfig) -> list[dict]:
             for fold in cfg.folds:
                 results.append(fit(cfg.for_model(name), name, fold, accelerator, progress))
     finally:
-        if cfg.log_with != "none":
-            accelerator.end_training()
+        # trackers flushed; under several processes the process group is shut down (a gloo
+        # group left to the interpreter's exit sometimes aborts the process)
+        accelerator.end_training()
     return results
 
 
