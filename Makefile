@@ -32,7 +32,7 @@ STAGE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(if $(MODELS),models=
 export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: all help setup settings prep folds train predict embed ensemble submit export compare \
+.PHONY: all help setup settings prep verify folds train predict embed ensemble submit export compare \
         test test-fast lint bench models clean clean-runs distclean check-dataset
 
 all: prep folds train ensemble
@@ -41,6 +41,7 @@ help:
 	@echo "Targets (each sets up .venv on first use):"
 	@echo "  all          prep -> folds -> train -> ensemble on DATASET (default: the generated offline set)"
 	@echo "  prep         read, select, split and cache DATASET (+ the competition test set: TEST_ROOT)"
+	@echo "  verify       decode every cached image, re-encode damaged ones from the source (verify_report.json)"
 	@echo "  folds        write the seeded fold file of DATASET"
 	@echo "  train        train MODELS on FOLDS (makes the fold file when missing)"
 	@echo "  predict      finished runs -> predictions on the test/competition/non-landmark manifests (TTA: ARGS)"
@@ -89,6 +90,9 @@ settings: $(STAMP) check-dataset
 
 prep: settings
 	$(PY) -m data_prep prep $(CONFIG_ARGS) $(strip $(ROOT_ARG) $(STAGE_ARGS)) $(PREP_ARGS)
+
+verify: settings
+	$(PY) -m data_prep verify $(CONFIG_ARGS) $(strip $(ROOT_ARG) $(STAGE_ARGS)) $(PREP_ARGS)
 
 folds: settings
 	$(PY) -m data_prep folds $(CONFIG_ARGS) $(strip $(STAGE_ARGS))

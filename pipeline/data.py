@@ -159,7 +159,8 @@ class ManifestDataset(_SeededItems, Dataset):
             img = decode_image(read_file(self.paths[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise ItemDataError(
-                f"{self.paths[i]}: cannot decode cached image ({_decode_reason(e)}); rerun 'make prep'"
+                f"{self.paths[i]}: cannot decode cached image ({_decode_reason(e)}); run 'make verify' "
+                "(python -m data_prep verify --config ...): it re-encodes damaged cached images from the source"
             ) from None
         return {"image": self._transform(img, i), "target": self.targets[i], "id": i}
 

@@ -348,6 +348,20 @@ def load_rows(cfg: TrainConfig, fold: int, label_map: pd.DataFrame) -> dict[str,
     return rows
 
 
+def check_cached_images(data_dir: Path, manifests: list[str], cache: str) -> None:
+    """Every cached image a fold reads exists and looks intact, checked before the first epoch
+    (a bad test image would otherwise surface after the last one). Shallow: ~40 us per image."""
+    from data_prep.verify import check_cache
+
+    problems = check_cache(data_dir, list(dict.fromkeys(manifests)), cache)
+    if problems:
+        manifest, image_id, what = problems[0]
+        raise DataError(
+            f"{data_dir}: {len(problems)} cached image(s) damaged or missing (first: {manifest} id '{image_id}': "
+            f"{what}); run 'make verify' (python -m data_prep verify --config ...) to re-encode them from the source"
+        )
+
+
 def _profile(model: torch.nn.Module, img_size: int) -> dict:
     from pipeline.models.profile import count_macs, count_params
 
@@ -364,6 +378,8 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
     data_dir = Path(cfg.data_root) / cfg.dataset
     label_map = schema.read_label_map(data_dir)
     rows = load_rows(cfg, fold, label_map)
+    pool = [schema.NONLANDMARK] if schema.NONLANDMARK in rows else []
+    check_cached_images(data_dir, ["train", "val", "test", *pool], cfg.cache)
     channels_last = resolve_channels_last(cfg.channels_last, cfg.cpu)
     counts = rows["train"]["label"].value_counts().reindex(range(len(label_map)), fill_value=0).tolist()
 

@@ -203,3 +203,12 @@ def test_train_log_holds_what_the_console_showed(own_data, tmp_path):
     assert "simple_cnn/fold0 epoch 2/2: train_loss" in text
     assert "simple_cnn fold 0: epoch 2/2, elapsed" in text and "ETA" in text
     assert "\r" not in text and "it/s" not in text  # no progress-bar fragments
+
+
+def test_a_damaged_cached_test_image_is_found_before_the_first_epoch(own_data, tmp_path):
+    data = own_data["data_root"] / "tiny"
+    test = schema.read_manifest(data, "test")
+    (data / test["image"].iloc[0]).write_bytes(b"")  # a 0-byte test image: found after training, before
+    with pytest.raises(DataError, match=r"1 cached image\(s\) damaged or missing \(first: test id .*make verify"):
+        fit(_cfg(own_data, tmp_path), "simple_cnn", 0)
+    assert not (schema.run_dir(tmp_path / "runs", "t", "simple_cnn", 0) / schema.RUN_LAST).exists()
