@@ -190,26 +190,47 @@ def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = Fals
     return metrics, out
 
 
-def save_checkpoint(path, accelerator: Accelerator, weights: dict, optimizer=None, schedule=None, **extra) -> None:
-    """Atomic checkpoint (main process only): weights, and optimizer + schedule when given (resume).
+def snapshot(obj):
+    """A copy of a (nested) state with every tensor cloned to the CPU: safe to write in the
+    background while training goes on changing the live tensors."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+def checkpoint_state(weights: dict, optimizer=None, schedule=None, **extra) -> dict:
+    """The content of a checkpoint, snapshotted: weights, and optimizer + schedule for resume.
 
     ``last.pt`` carries the optimizer so a run resumes exactly; ``best.pt`` only needs the
-    weights it predicts with (its optimizer state would double the disk use). A full disk or an
-    unwritable folder is one :class:`PipelineError` line; the previous file stays intact.
+    weights it predicts with (its optimizer state would double the disk use).
     """
-    if not accelerator.is_main_process:
-        return
     state = {"model": weights, **extra}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if schedule is not None:
         state["scheduler"] = schedule.state_dict()
+    return snapshot(state)
+
+
+def write_checkpoint(path, state: dict) -> None:
+    """Atomic write; a full disk or an unwritable folder is one :class:`PipelineError` line and the
+    previous file stays intact."""
     try:
         with atomic_write(path, "wb") as f:
             torch.save(state, f)
     except OSError as e:
         why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
         raise PipelineError(f"cannot write checkpoint {path}: {why} (the previous checkpoint is kept)") from None
+
+
+def save_checkpoint(path, accelerator: Accelerator, weights: dict, optimizer=None, schedule=None, **extra) -> None:
+    """:func:`checkpoint_state` + :func:`write_checkpoint` now, on the main process only."""
+    if accelerator.is_main_process:
+        write_checkpoint(path, checkpoint_state(weights, optimizer, schedule, **extra))
 
 
 def read_checkpoint(path) -> dict:

@@ -44,14 +44,15 @@ from pipeline.data import build_eval_loader, build_train_input, fold_rows
 from pipeline.engine import (
     Diverged,
     StepParts,
+    checkpoint_state,
     evaluate,
     load_checkpoint,
     new_accelerator,
     predict,
     read_checkpoint,
     resolve_channels_last,
-    save_checkpoint,
     train_one_epoch,
+    write_checkpoint,
 )
 from pipeline.factories import CHECKPOINT_METRICS, build_loss, build_optimizer, build_schedule, is_better
 from pipeline.models import check_input_size, create_model, model_info
@@ -512,79 +513,131 @@ def _feed(loader, cfg: TrainConfig, accelerator: Accelerator):
 
 def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: Progress | None = None) -> RunState:
     """Epochs ``state.epoch + 1 .. cfg.epochs``: train, validate, step the schedule, checkpoint."""
-    from pipeline.plots import plot_curves
-
-    cfg, out = run.cfg, run.out
+    cfg = run.cfg
     metric_key = CHECKPOINT_METRICS[cfg.checkpoint_metric][0]
     show_bars = cfg.progress and sys.stderr.isatty()
-    for epoch in range(state.epoch, cfg.epochs):
-        t0 = time.time()
-        set_seed(cfg.seed + 1000 * (epoch + 1))  # augmentation and dropout: a function of (seed, epoch)
-        run.train_input.set_epoch(epoch)  # shuffle order and the input path's own generators: same
-        if run.parts.mixer is not None:
-            run.parts.mixer.set_epoch(epoch)
-        row = {"epoch": epoch + 1, "lr": run.parts.schedule.lr}
+    with BackgroundWriter() as writer:
+        for epoch in range(state.epoch, cfg.epochs):
+            _one_epoch(run, state, epoch, accelerator, writer, metric_key, show_bars, progress)
+    return state
+
+
+def _write_epoch_files(out: Path, files: list, hist: pd.DataFrame, title: str, best_epoch: int) -> None:
+    from pipeline.plots import plot_curves
+
+    for path, state in files:
+        write_checkpoint(path, state)
+    write_csv(out / schema.RUN_METRICS, hist)
+    plot_curves(hist, out / schema.RUN_CURVES, title, best_epoch=best_epoch)
+
+
+class BackgroundWriter:
+    """One background thread writing the epoch files in order; errors come back on ``flush``.
+
+    Leaving the block waits for every pending write (a failure, e.g. a full disk, is raised
+    there), so nothing is still being written when the run goes on to its predictions, and an
+    exception of the loop never leaves a thread writing behind it.
+    """
+
+    def __enter__(self) -> BackgroundWriter:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-files")
+        self.pending: list = []
+        return self
+
+    def submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()  # re-raises a write error here, in the training thread
+
+    def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            row.update(
-                train_one_epoch(
-                    run.model,
-                    _feed(run.train_input.loader, cfg, accelerator),
-                    run.parts,
-                    accelerator,
-                    run.channels_last,
-                    cfg.limit_train_batches,
-                    show_bars,
-                    desc=f"{run.tag} {epoch + 1}/{cfg.epochs}",
-                )
+            self.flush()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _one_epoch(run: Run, state: RunState, epoch: int, accelerator: Accelerator, writer: BackgroundWriter,
+               metric_key: str, show_bars: bool, progress: Progress | None) -> None:  # fmt: skip
+    """Train, validate, step the schedule, hand this epoch's files to the writer, log."""
+    cfg = run.cfg
+    out = run.out
+    t0 = time.time()
+    set_seed(cfg.seed + 1000 * (epoch + 1))  # augmentation and dropout: a function of (seed, epoch)
+    run.train_input.set_epoch(epoch)  # shuffle order and the input path's own generators: same
+    if run.parts.mixer is not None:
+        run.parts.mixer.set_epoch(epoch)
+    row = {"epoch": epoch + 1, "lr": run.parts.schedule.lr}
+    try:
+        row.update(
+            train_one_epoch(
+                run.model,
+                _feed(run.train_input.loader, cfg, accelerator),
+                run.parts,
+                accelerator,
+                run.channels_last,
+                cfg.limit_train_batches,
+                show_bars,
+                desc=f"{run.tag} {epoch + 1}/{cfg.epochs}",
             )
-            val = _feed(run.loaders["val"], cfg, accelerator)
-            metrics, _ = evaluate(_eval_model(run, accelerator), val, accelerator, run.channels_last)
-        except Diverged as e:
-            raise PipelineError(
-                f"{run.tag}: training diverged in epoch {epoch + 1} ({e}) at lr {row['lr']:.3g}; "
-                "the fold is not marked DONE (lower lr, add warm-up or gradient clipping)"
-            ) from None
-        row.update(metrics)
-        row["seconds"] = round(time.time() - t0, 1)
-        run.parts.schedule.after_epoch(metrics)
-        state.history.append(row)
-        value = row.get(metric_key)
-        is_best = is_better(cfg.checkpoint_metric, value, state.best["value"]) or state.best["epoch"] < 0
-        if is_best:
-            state.best = {"epoch": epoch + 1, "value": value}
-        state.epoch = epoch + 1
+        )
+        val = _feed(run.loaders["val"], cfg, accelerator)
+        metrics, _ = evaluate(_eval_model(run, accelerator), val, accelerator, run.channels_last)
+    except Diverged as e:
+        raise PipelineError(
+            f"{run.tag}: training diverged in epoch {epoch + 1} ({e}) at lr {row['lr']:.3g}; "
+            "the fold is not marked DONE (lower lr, add warm-up or gradient clipping)"
+        ) from None
+    row.update(metrics)
+    row["seconds"] = round(time.time() - t0, 1)
+    run.parts.schedule.after_epoch(metrics)
+    state.history.append(row)
+    value = row.get(metric_key)
+    is_best = is_better(cfg.checkpoint_metric, value, state.best["value"]) or state.best["epoch"] < 0
+    if is_best:
+        state.best = {"epoch": epoch + 1, "value": value}
+    state.epoch = epoch + 1
+    if accelerator.is_main_process:
+        # the files of this epoch are snapshotted here and written by a background thread while
+        # the next epoch trains: checkpoints (atomic), metrics.csv and curves.png
+        t1 = time.time()
         extra = {"epoch": state.epoch, "history": state.history, "best": state.best, "config": asdict(cfg)}
+        files = []
         if is_best:
-            save_checkpoint(out / schema.RUN_BEST, accelerator, _weights(run, accelerator), **extra)
+            files.append((out / schema.RUN_BEST, checkpoint_state(_weights(run, accelerator), **extra)))
         if run.parts.ema is not None:
             extra["ema"] = run.parts.ema.module.state_dict()
-        model_weights = accelerator.unwrap_model(run.model).state_dict()
-        save_checkpoint(
-            out / schema.RUN_LAST, accelerator, model_weights, run.parts.optimizer, run.parts.schedule, **extra
+        weights = accelerator.unwrap_model(run.model).state_dict()
+        files.append(
+            (out / schema.RUN_LAST, checkpoint_state(weights, run.parts.optimizer, run.parts.schedule, **extra))
         )
-        if accelerator.is_main_process:
-            hist = pd.DataFrame(state.history)
-            write_csv(out / schema.RUN_METRICS, hist)
-            plot_curves(hist, out / schema.RUN_CURVES, f"{cfg.experiment}: {run.tag}", best_epoch=state.best["epoch"])
-        log.info(
-            "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)",
-            run.tag,
-            epoch + 1,
-            cfg.epochs,
-            row["train_loss"],
-            row["val_loss"],
-            row.get("val_top1", float("nan")),
-            row.get("val_top5", float("nan")),
-            row.get("val_gap", float("nan")),
-            row["lr"],
-            row["seconds"],
-        )
-        if progress is not None:
-            log.info(progress.line(run, epoch + 1))
-        if cfg.log_with != "none":
-            accelerator.log({f"{run.tag}/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-        accelerator.wait_for_everyone()
-    return state
+        row["seconds_outside"] = round(time.time() - t1, 3)  # what the epoch files cost the loop
+        files[-1][1]["history"][-1]["seconds_outside"] = row["seconds_outside"]  # last.pt's copy too (resume)
+        hist = pd.DataFrame(state.history)
+        title = f"{cfg.experiment}: {run.tag}"
+        writer.submit(_write_epoch_files, out, files, hist, title, state.best["epoch"])
+    log.info(
+        "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)",
+        run.tag,
+        epoch + 1,
+        cfg.epochs,
+        row["train_loss"],
+        row["val_loss"],
+        row.get("val_top1", float("nan")),
+        row.get("val_top5", float("nan")),
+        row.get("val_gap", float("nan")),
+        row["lr"],
+        row["seconds"],
+    )
+    if progress is not None:
+        log.info(progress.line(run, epoch + 1))
+    if cfg.log_with != "none":
+        accelerator.log({f"{run.tag}/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+    accelerator.wait_for_everyone()
 
 
 # -------------------------------------------------------------------------------- finishing
@@ -612,6 +665,7 @@ def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict) ->
 
 def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
     """Predictions of the best epoch (OOF, test, non-landmark pool), analysis, summary, DONE."""
+    accelerator.wait_for_everyone()  # the main process has finished writing best.pt
     load_checkpoint(run.out / schema.RUN_BEST, accelerator, run.model)
     val_metrics, val_out = evaluate(run.model, run.loaders["val"], accelerator, run.channels_last)
     preds = {"oof": (run.rows["val"], val_out)}
