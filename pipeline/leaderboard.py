@@ -328,8 +328,14 @@ def md_table(header: list[str], body: list[list[str]], bold_best: dict[int, list
 
 
 def to_markdown(board: pd.DataFrame) -> str:
-    """Any table as Markdown (floats to 4 decimals)."""
-    return md_table(list(map(str, board.columns)), [[fmt(v) for v in r] for r in board.itertuples(index=False)])
+    """Any table as Markdown (floats to 4 decimals; whole-number columns such as epochs as integers)."""
+    whole = {
+        c for c in board.columns
+        if pd.api.types.is_numeric_dtype(board[c]) and board[c].dropna().map(lambda v: float(v).is_integer()).all()
+        and c not in ("top1", "top5", "gap", "weight")
+    }  # fmt: skip
+    rows = [[fmt(v, 0 if c in whole else 4) for c, v in zip(board.columns, r)] for r in board.itertuples(index=False)]
+    return md_table(list(map(str, board.columns)), rows)
 
 
 def summary_markdown(summary: pd.DataFrame, extras: list[str]) -> str:
