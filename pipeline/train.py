@@ -476,25 +476,41 @@ def write_run_config(run: Run, accelerator: Accelerator) -> None:
 
 
 class Progress:
-    """ETA over the whole run (all models x folds): ``model fold k: epoch e/E, elapsed, ETA``."""
+    """ETA over the whole run (all models x folds): ``model fold k: epoch e/E, elapsed, ETA``.
 
-    def __init__(self, total_epochs: int) -> None:
-        self.total = max(1, total_epochs)
+    ``plan`` is the epochs still to run per model; a model's remaining epochs are priced at its
+    own measured seconds per epoch (a ResNet epoch costs many LeNet epochs), models not started
+    yet at the mean of those measured so far.
+    """
+
+    def __init__(self, plan: dict[str, int] | int) -> None:
+        self.left = dict(plan) if isinstance(plan, dict) else {"": int(plan)}
+        self.total = max(1, sum(self.left.values()))
         self.done = 0  # epochs finished (or skipped) so far
-        self.trained = 0  # epochs trained in this process (for the rate)
+        self.seconds: dict[str, list[float]] = {}
         self.start = time.time()
+        self.last = self.start
 
-    def skip(self, epochs: int) -> None:
+    def _take(self, model: str, epochs: int) -> None:
+        key = model if model in self.left else ""
+        self.left[key] = max(0, self.left.get(key, 0) - epochs)
         self.done += epochs
 
+    def skip(self, epochs: int, model: str = "") -> None:
+        self._take(model, epochs)
+        self.last = time.time()
+
     def line(self, run: Run, epoch: int) -> str:
-        self.done += 1
-        self.trained += 1
-        elapsed = time.time() - self.start
-        eta = elapsed / self.trained * (self.total - self.done)
+        now = time.time()
+        self.seconds.setdefault(run.model_name, []).append(now - self.last)
+        self.last = now
+        self._take(run.model_name, 1)
+        rates = {m: sum(v) / len(v) for m, v in self.seconds.items()}
+        mean = sum(rates.values()) / len(rates)
+        eta = sum(n * rates.get(m, mean) for m, n in self.left.items())
         fold = "holdout" if run.fold < 0 else f"fold {run.fold}"
         return (
-            f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, elapsed {_hms(elapsed)}, "
+            f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, elapsed {_hms(now - self.start)}, "
             f"ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs)"
         )
 
@@ -737,7 +753,7 @@ def fit(
     ``last.pt``. A fold trained with another recipe or on other data is an error.
     """
     accelerator = accelerator or make_accelerator(cfg)
-    progress = progress or Progress(cfg.epochs)
+    progress = progress or Progress({model_name: cfg.epochs})
     out = schema.run_dir(cfg.runs_root, cfg.experiment, model_name, fold)
     data_dir = Path(cfg.data_root) / cfg.dataset
     schema.read_label_map(data_dir)  # a missing prep is one line before anything is created
@@ -751,7 +767,7 @@ def fit(
         if cfg.resume and (out / schema.RUN_DONE).is_file():
             if saved and saved.get("epochs", cfg.epochs) >= cfg.epochs:
                 log.info("%s: already finished, skipped (delete the folder to retrain)", out)
-                progress.skip(cfg.epochs)
+                progress.skip(cfg.epochs, model_name)
                 return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
             log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
             accelerator.wait_for_everyone()
@@ -760,7 +776,7 @@ def fit(
         with run_log(out, accelerator):
             run = build_run(cfg, model_name, fold, out, accelerator, ident)
             state = resume_state(run, accelerator)
-            progress.skip(state.epoch)
+            progress.skip(state.epoch, model_name)
             write_run_config(run, accelerator)
             log.info(
                 "%s: %s, %s params, input path %s, %s on %s",
@@ -803,7 +819,7 @@ def run_train(cfg: TrainConfig) -> list[dict]:
     if cfg.log_with != "none":
         flat = {k: (str(v) if isinstance(v, (list, dict)) else v) for k, v in asdict(cfg).items()}
         accelerator.init_trackers(cfg.experiment, config={k: v for k, v in flat.items() if v is not None})
-    progress = Progress(sum(cfg.for_model(n).epochs for n in cfg.models) * len(cfg.folds))
+    progress = Progress({n: cfg.for_model(n).epochs * len(cfg.folds) for n in cfg.models})
     results = []
     try:
         for name in cfg.models:

@@ -151,3 +151,21 @@ def test_crop_padding_shifts_small_images():
     assert all(o.shape == (3, 8, 8) for o in outs)
     assert any((o == 0).any() for o in outs)  # the zero border shows up in some crops
     assert all(torch.equal(build_train_transform(8, hflip=0.0)(img), img) for _ in range(3))  # no padding: identity
+
+
+def test_eta_prices_each_model_at_its_own_rate(monkeypatch):
+    from pipeline.train import Progress
+
+    clock = iter([0.0, 0.0, 1.0, 2.0, 12.0])  # start; then epochs of a fast (1 s) and a slow (10 s) model
+    monkeypatch.setattr("pipeline.train.time.time", lambda: next(clock))
+    p = Progress({"fast": 2, "slow": 2})
+
+    class R:
+        fold = 0
+
+        def __init__(self, name):
+            self.model_name, self.cfg = name, TrainConfig(epochs=2)
+
+    p.line(R("fast"), 1)
+    assert "ETA 0:00:02 " in p.line(R("fast"), 2)  # 2 slow epochs priced at the only rate known (1 s)
+    assert "ETA 0:00:10 " in p.line(R("slow"), 1)  # the slow model's own rate: one epoch of 10 s left
