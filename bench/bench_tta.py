@@ -57,6 +57,10 @@ def main() -> None:
         progress=False,
     )
     data_dir = Path(args.data_root) / args.dataset
+    if not (Path(args.runs_root) / args.experiment).is_dir():  # make bench on a fresh checkout
+        print(f"skipped: no trained runs in {Path(args.runs_root) / args.experiment} (run 'make all' first)")
+        print("RESULT " + json.dumps({"skipped": "no runs"}))
+        return
     label_map = schema.read_label_map(data_dir)
     rows = schema.read_manifest(data_dir, args.manifest)
     runs = finished_runs(args.runs_root, args.experiment)
