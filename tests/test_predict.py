@@ -36,23 +36,9 @@ EXP = "p"
 
 def train_config(tiny_data, runs_root, **over) -> TrainConfig:
     """The tiny recipe of tests/test_train.py, one epoch, full precision (exact comparisons)."""
-    base = dict(
-        dataset="tiny",
-        data_root=str(tiny_data["data_root"]),
-        folds_dir=str(tiny_data["folds_dir"]),
-        runs_root=str(runs_root),
-        experiment=EXP,
-        models=["simple_cnn"],
-        folds=[0],
-        k=3,
-        epochs=1,
-        batch_size=16,
-        img_size=32,
-        progress=False,
-        lr=2e-3,
-        mixed_precision="no",
-    )
-    return TrainConfig(**{**base, **over})
+    from tests.test_train import tiny_train_config
+
+    return tiny_train_config(tiny_data, runs_root, **{"experiment": EXP, "epochs": 1, "mixed_precision": "no", **over})
 
 
 @pytest.fixture(scope="module")
