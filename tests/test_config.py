@@ -153,3 +153,15 @@ def test_cli_help_lists_every_key_with_type_default_and_meaning():
     for f in __import__("dataclasses").fields(TrainConfig):
         assert f"\n  {f.name} " in out, f.name
     assert "warmup_epochs" in out and "linear warm-up" in out and "[default: 'halve_on_drop']" in out
+
+
+def test_recipe_overlays_layer_on_every_data_set_and_keep_its_epochs():
+    for recipe in sorted((CONFIGS / "recipes").glob("*.yaml")):
+        for data in ("default", "paris6k", "cifar10", "gld"):
+            base = load_stage_config(TrainConfig, "train", CONFIGS / f"{data}.yaml")
+            cfg = load_stage_config(TrainConfig, "train", [CONFIGS / f"{data}.yaml", recipe])
+            assert cfg.optimizer != "adam" and cfg.schedule == "cosine", recipe
+            assert (cfg.epochs, cfg.batch_size, cfg.models) == (base.epochs, base.batch_size, base.models)
+            for m in cfg.models:  # a model's own epochs/batch stay; the recipe's lr beats its own lr
+                assert cfg.for_model(m).epochs == base.for_model(m).epochs
+                assert cfg.for_model(m).lr == cfg.lr
