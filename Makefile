@@ -33,7 +33,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: all help setup settings prep verify folds train predict embed ensemble submit export compare \
-        test test-fast lint bench models clean clean-runs distclean check-dataset
+        test test-fast lint bench models models-names clean clean-runs distclean check-dataset
 
 all: prep folds train ensemble
 
@@ -50,10 +50,15 @@ help:
 	@echo "  submit       competition predictions -> submissions/NAME.csv, checked by the validator"
 	@echo "  export       finished runs of EXPERIMENT -> an offline bundle for a Kaggle notebook (export/)"
 	@echo "  compare      EXPERIMENTS side by side: model x experiment table and figure"
-	@echo "  models       the model registry with params and MACs (models-names: names only, instant)"
+	@echo "  models       the model registry with params and MACs"
+	@echo "  models-names the registered model names, instantly"
 	@echo "  settings     print the resolved dataset, config, experiment, models, folds, epochs, recipe"
-	@echo "  test         the whole test suite (what CI runs);  test-fast: without tests marked slow"
-	@echo "  bench        the benchmarks (numbers in BENCHMARKS.md);  lint: ruff"
+	@echo "  test         the whole test suite (what CI runs)"
+	@echo "  test-fast    the suite without the tests marked slow"
+	@echo "  bench        the benchmarks (numbers in BENCHMARKS.md)"
+	@echo "  lint         ruff"
+	@echo "  setup        create .venv and install the project (every target does it on first use)"
+	@echo "  help         this list"
 	@echo "  clean        caches only (__pycache__, .pytest_cache, bench/out); never data or runs"
 	@echo "  clean-runs   delete runs/EXPERIMENT (or every experiment with CONFIRM=yes)"
 	@echo "  distclean    clean + data/ + .venv (asks for CONFIRM=yes)"
