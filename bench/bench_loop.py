@@ -6,16 +6,19 @@ For each case (model x data), one process alternates A B A B ...:
 
 * **A, the pipeline**: ``build_train_input`` (the input path ``auto`` picks: batched for the packed
   CIFAR cache, per-item for the default's JPEG cache), ``accelerator.prepare``, the prefetch
-  thread and :func:`pipeline.engine.train_one_epoch` (accumulate context, NaN guard, schedule,
+  thread when ``prefetch`` resolves on (``auto``: on a GPU only) and :func:`pipeline.engine.train_one_epoch` (accumulate context, NaN guard, schedule,
   loss factory) for ``--batches`` batches;
 * **B, a plain loop**: the same images already decoded in one uint8 tensor in memory, a random
   permutation, per-sample random crop + flip by indexing, normalise, forward, cross-entropy,
   backward, Adam step, in the same precision and memory format.
 
-Same model, batch 64, same precision (``auto``: bf16 on CPUs with native bf16, else fp32).
+Colour jitter is off in every case (B has none; its cost is in bench_input.py). Same model, batch 64,
+same precision (``auto``: bf16 on CPUs with native bf16, else fp32).
 Reported: images/s of each pass and the ratio A/B per pair (the goal is >= 0.95x), with the
 1-minute load average. Data: the real CIFAR-10 subset of ../shared/data (skipped when absent)
-and a generated landmark set in the default's layout (72 px JPEG cache, crop 64).
+and a generated landmark set in the default's layout (72 px, crop 64), packed (batched path) and as
+the default's JPEG cache (per-item path; there A decodes JPEGs and B does not: that row prices the
+JPEG decode, not the loop).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pipeline.engine import (  # noqa: E402
 from pipeline.factories import build_loss, build_optimizer, build_schedule  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
 from pipeline.prefetch import Prefetcher  # noqa: E402
+from pipeline.train import resolve_prefetch  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset"
 
@@ -67,15 +71,16 @@ def prep_cifar(root: Path) -> Path | None:
     return root / "cifar"
 
 
-def prep_default(root: Path) -> Path:
+def prep_default(root: Path, packed: bool = False) -> Path:
     from data_prep.config import PrepConfig
     from data_prep.prep import run_prep
 
-    cfg = PrepConfig(dataset="synth", source="synthetic", data_root=str(root), synth_classes=20,
+    name = "synth_packed" if packed else "synth"
+    cfg = PrepConfig(dataset=name, source="synthetic", packed=packed, data_root=str(root), synth_classes=20,
                      synth_max_per_class=120, synth_min_per_class=40, synth_image_size=96, top_k=20,
                      sample_ratio=1.0, image_size=72, synth_nonlandmark=0, synth_competition=0)  # fmt: skip
     run_prep(cfg, progress=False)
-    return root / "synth"
+    return root / name
 
 
 def resident(data_dir: Path, rows, cache: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +98,7 @@ def pipeline_pass(model, opt, cfg: TrainConfig, data_dir: Path, rows, acc, batch
     parts = StepParts(opt, build_loss(cfg), build_schedule(opt, cfg, batches), None, ti.device_transform)
     done, t0 = 0, time.perf_counter()
     while done < batches:  # as many passes over the loader as the measurement needs
-        feed = Prefetcher(loader, acc.device) if cfg.prefetch else loader
+        feed = Prefetcher(loader, acc.device) if resolve_prefetch(cfg.prefetch, acc.device) else loader
         train_one_epoch(model, feed, parts, acc, resolve_channels_last(cfg.channels_last), batches - done)
         done += min(len(loader), batches - done)
     return batches * cfg.batch_size / (time.perf_counter() - t0)
@@ -195,10 +200,16 @@ def main() -> int:
                 ("CIFAR simple_cnn", "simple_cnn", cifar, TrainConfig(**{**base, "small_input": False}), 120),
                 ("CIFAR resnet18 (3x3 stem)", "resnet18", cifar, TrainConfig(**base), 12),
             ]
-        base = dict(dataset="synth", img_size=64, cache="jpeg", batch_size=64)
+        # the default's images both ways: packed (the batched path) and its JPEG cache (per-item
+        # path: A decodes JPEGs, B does not, so that row is the decode cost, not the loop's)
+        packed = prep_default(root, packed=True)
+        base = dict(dataset="synth_packed", img_size=64, cache="packed", batch_size=64, color_jitter=0.0)
+        jpeg = {**base, "dataset": "synth", "cache": "jpeg"}
         cases += [
-            ("default simple_cnn", "simple_cnn", synth, TrainConfig(**base), 40),
-            ("default resnet18", "resnet18", synth, TrainConfig(**base), 12),
+            ("default simple_cnn, packed", "simple_cnn", packed, TrainConfig(**base), 40),
+            ("default resnet18, packed", "resnet18", packed, TrainConfig(**base), 12),
+            ("default simple_cnn, JPEG cache", "simple_cnn", synth, TrainConfig(**jpeg), 40),
+            ("default resnet18, JPEG cache", "resnet18", synth, TrainConfig(**jpeg), 12),
         ]
         for name, model, data_dir, cfg, batches in cases:
             rows.append(run_case(name, model, data_dir, cfg, max(2, batches // scale), args.pairs))

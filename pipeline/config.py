@@ -88,7 +88,12 @@ class TrainConfig:
     cutmix: float = opt(0.0, help="cutmix alpha (0 = off)")
     mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on")
     input_path: str = opt("auto", help="auto | batched (packed cache: one read per batch) | per_item")
-    prefetch: bool = opt(True, help="prepare the next batch while the model runs", recipe=False)
+    prefetch: str = opt(
+        "auto",
+        help="prepare the next batch in a thread while the model runs: auto (on a GPU; off on a CPU, "
+        "where the thread takes a core from the model: bench/bench_loop.py) | true | false",
+        recipe=False,
+    )
     num_workers: int = opt(0, help="DataLoader worker processes (recorded; a resume warns on a change)", recipe=False)
     # ---- speed, hardware, bookkeeping
     mixed_precision: str = opt("auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16")
@@ -167,6 +172,9 @@ class TrainConfig:
         self.channels_last = str(self.channels_last).lower()
         if self.channels_last not in ("auto", "true", "false"):
             raise ConfigError(f"train: channels_last must be auto|true|false, got '{self.channels_last}'")
+        self.prefetch = str(self.prefetch).lower()
+        if self.prefetch not in ("auto", "true", "false"):
+            raise ConfigError(f"train: prefetch must be auto|true|false, got '{self.prefetch}'")
         p = str(self.pretrained)
         self.pretrained = p.lower() if p.lower() in ("true", "false") else p
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:

@@ -169,3 +169,21 @@ def test_recipe_overlays_layer_on_every_data_set_and_keep_its_epochs():
             for m in cfg.models:  # a model's own epochs/batch stay; the recipe's lr beats its own lr
                 assert cfg.for_model(m).epochs == base.for_model(m).epochs
                 assert cfg.for_model(m).lr == cfg.lr
+
+
+def test_prefetch_is_auto_on_a_gpu_only_and_validated():
+    import torch
+
+    from pipeline.train import resolve_prefetch
+
+    def cfg(value):
+        c = TrainConfig(prefetch=value)
+        c.validate()
+        return c.prefetch
+
+    assert cfg("auto") == "auto" and cfg(True) == "true" and cfg(False) == "false"
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert not resolve_prefetch("auto", cpu) and resolve_prefetch("auto", gpu)
+    assert resolve_prefetch("true", cpu) and not resolve_prefetch("false", gpu)
+    with pytest.raises(ConfigError, match="prefetch must be auto"):
+        cfg("sometimes")
