@@ -6,8 +6,8 @@ For each case (model x data), one process alternates A B A B ...:
 
 * **A, the pipeline**: ``build_train_input`` (the input path ``auto`` picks: batched for the packed
   CIFAR cache, per-item for the default's JPEG cache), ``accelerator.prepare``, the prefetch
-  thread when ``prefetch`` resolves on (``auto``: on a GPU only) and :func:`pipeline.engine.train_one_epoch` (accumulate context, NaN guard, schedule,
-  loss factory) for ``--batches`` batches;
+  thread when ``prefetch`` resolves on (``auto``: on a GPU only) and
+  :func:`pipeline.engine.train_one_epoch` (accumulate context, NaN guard, schedule, loss factory);
 * **B, a plain loop**: the same images already decoded in one uint8 tensor in memory, a random
   permutation, per-sample random crop + flip by indexing, normalise, forward, cross-entropy,
   backward, Adam step, in the same precision and memory format.

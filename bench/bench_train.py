@@ -4,12 +4,13 @@ Why: the engine's ``mixed_precision=auto`` / ``channels_last=auto`` choose per h
 is the measurement behind that choice. One optimizer step = forward + backward + Adam step on
 random inputs (no data loading), after warm-up steps.
 
-    .venv/bin/python bench/bench_train.py [--quick]     (about 3 minutes on a 2-core AVX2 machine)
+    .venv/bin/python bench/bench_train.py [--quick] [--steps 12]   (30 s with native bf16; minutes on AVX2-only CPUs)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -49,12 +50,14 @@ def step_rate(name: str, size: int, batch: int, small: bool, bf16: bool, channel
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer steps")
+    ap.add_argument("--quick", action="store_true", help="2 timed steps per cell (a smoke run)")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per cell after the warm-up")
     args = ap.parse_args()
-    steps = 1 if args.quick else 2
+    steps = 2 if args.quick else args.steps
     print(
         f"# cpu: {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
-        f"native bf16: {cpu_has_fast_bf16()}, torch {torch.__version__}"
+        f"native bf16: {cpu_has_fast_bf16()}, torch {torch.__version__}, {steps} steps per cell, "
+        f"load {os.getloadavg()[0]:.2f}"
     )
     print("| model | input | batch | fp32 | fp32 + channels_last | bf16 autocast | bf16 + channels_last |")
     print("|---|---|---|---|---|---|---|")
