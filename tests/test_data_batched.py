@@ -36,6 +36,7 @@ from pipeline.data import (
     resolve_input_path,
 )
 from pipeline.prefetch import Prefetcher
+from tests.ddp import needs_torchrun, torchrun2
 
 SIDE = 40  # packed side
 N_IMAGES = 30
@@ -348,13 +349,11 @@ def test_sharded_batch_sampler_sees_every_row_once(coord_data):
 
 
 @pytest.mark.slow
+@needs_torchrun
 def test_two_rank_run_reads_every_row_once(tmp_path, coord_data):
     """Two gloo ranks through accelerate.prepare + Prefetcher: training shards are disjoint,
     evaluation (gather_for_metrics) returns every row exactly once."""
     import json
-    import os
-    import subprocess
-    import sys
 
     root, rows = coord_data
     rows.to_csv(tmp_path / "rows.csv", index=False)
@@ -387,17 +386,7 @@ acc.wait_for_everyone()
 torch.distributed.destroy_process_group()
 """
     )
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
-    p = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", str(script)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    torchrun2([str(script)], tmp_path, timeout=300)
     out = json.loads((tmp_path / "out.json").read_text())
     for ids in out["train"]:  # 30 rows, 2 ranks x batch 4: 3 steps of 8 rows, no row twice
         assert len(ids) == len(set(ids)) == 24

@@ -2,7 +2,6 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,28 +11,9 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_PREP
+from tests.ddp import needs_torchrun, torchrun2
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "LOGLEVEL": "WARNING"}
-
-
-TORCHRUN = Path(sys.executable).parent / "torchrun"
-needs_torchrun = pytest.mark.skipif(
-    shutil.which("torchrun", path=str(TORCHRUN.parent)) is None, reason="torchrun absent"
-)
-
-
-def torchrun2(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 -m pipeline ARGS`` on CPU (2 gloo ranks, 1 thread each); must succeed."""
-    p = subprocess.run(
-        [str(TORCHRUN), "--nproc_per_node", "2", "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", **env},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
 
 
 def run(args, cwd, check=True):
@@ -162,7 +142,7 @@ def test_two_process_ddp_on_cpu(tmp_path, tiny_data):
             "folds_dir": str(tiny_data["folds_dir"]),
         },
     )
-    torchrun2(["train", "--config", str(cfg)], tmp_path)
+    torchrun2(["-m", "pipeline", "train", "--config", str(cfg)], tmp_path)
     run_dir = tmp_path / "runs" / "smoke" / "simple_cnn" / "fold0"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["processes"] == 2
     import numpy as np
@@ -197,7 +177,7 @@ def test_two_process_schedule_steps_once_per_step_and_logs_once(tmp_path, tiny_d
             "folds_dir": str(tiny_data["folds_dir"]),
         },
     )
-    p = torchrun2(["train", "--config", str(cfg)], tmp_path, LOGLEVEL="INFO")
+    p = torchrun2(["-m", "pipeline", "train", "--config", str(cfg)], tmp_path, LOGLEVEL="INFO")
     run_dir = tmp_path / "runs" / "smoke" / "resnet18" / "fold0"
     assert len(re.findall(r"epoch 2/2: train_loss", p.stderr)) == 1  # one line, not one per rank
     last = torch.load(run_dir / "last.pt", weights_only=False)
@@ -223,7 +203,7 @@ def test_two_process_embeddings_cover_every_row_once(tmp_path, tiny_data):
     fit(tiny_train_config(tiny_data, tmp_path / "runs", epochs=1, limit_train_batches=1, experiment="smoke"),
         "simple_cnn", 0)  # fmt: skip
     cfg = write_config(tmp_path, {**TINY_PREP}, {"data_root": str(tiny_data["data_root"])})
-    torchrun2(["embed", "--config", str(cfg), "batch_size=5"], tmp_path)
+    torchrun2(["-m", "pipeline", "embed", "--config", str(cfg), "batch_size=5"], tmp_path)
     run_dir = tmp_path / "runs" / "smoke" / "simple_cnn" / "fold0"
     for manifest in ("train", "test"):
         emb = np.load(run_dir / f"emb_{manifest}.npy").astype(np.float32)

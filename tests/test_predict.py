@@ -3,10 +3,7 @@ photos without prep, and a 2-process DDP run that gives every row once."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from pipeline.predict import (
     run_predict,
 )
 from tests.conftest import tiny_prep_config
+from tests.ddp import needs_torchrun, torchrun2
 
 EXP = "p"
 
@@ -335,23 +333,13 @@ def test_own_photos_with_a_repeated_id_are_one_line(tiny_data, runs, tmp_path, c
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun absent")
+@needs_torchrun
 def test_two_process_ddp_predicts_every_row_once_in_order(tiny_data, runs, tmp_path):
     root = _copy_runs(runs, tmp_path)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
     args = [f"runs_root={root}", f"data_root={tiny_data['data_root']}", f"folds_dir={tiny_data['folds_dir']}",
             "dataset=tiny", f"experiment={EXP}", "folds=0", "manifests=test,oof", "batch_size=5",
             "mixed_precision=no", "probs_dtype=float32", "tta_flip=true"]  # fmt: skip
-    p = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "-m", "pipeline", "predict", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    torchrun2(["-m", "pipeline", "predict", *args], tmp_path)
     run = schema.run_dir(root, EXP, "simple_cnn", 0)
     single = predict_config(tiny_data, runs["root"], folds=[0], manifests=["test", "oof"], probs_dtype="float32")
     single.tta_flip = True
