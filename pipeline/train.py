@@ -508,10 +508,12 @@ class Progress:
         rates = {m: sum(v) / len(v) for m, v in self.seconds.items()}
         mean = sum(rates.values()) / len(rates)
         eta = sum(n * rates.get(m, mean) for m, n in self.left.items())
+        untimed = [m for m, n in self.left.items() if n and m and m not in rates]
         fold = "holdout" if run.fold < 0 else f"fold {run.fold}"
         return (
             f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, elapsed {_hms(now - self.start)}, "
-            f"ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs)"
+            f"ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs"
+            + (f"; not timed yet, priced at the mean speed so far: {', '.join(untimed)})" if untimed else ")")
         )
 
 

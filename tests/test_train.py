@@ -168,5 +168,8 @@ def test_eta_prices_each_model_at_its_own_rate(monkeypatch):
             self.model_name, self.cfg = name, TrainConfig(epochs=2)
 
     p.line(R("fast"), 1)
-    assert "ETA 0:00:02 " in p.line(R("fast"), 2)  # 2 slow epochs priced at the only rate known (1 s)
-    assert "ETA 0:00:10 " in p.line(R("slow"), 1)  # the slow model's own rate: one epoch of 10 s left
+    line = p.line(R("fast"), 2)
+    assert "ETA 0:00:02 " in line  # 2 slow epochs priced at the only rate known (1 s) ...
+    assert line.endswith("(2/4 epochs; not timed yet, priced at the mean speed so far: slow)")  # ... and said so
+    line = p.line(R("slow"), 1)
+    assert "ETA 0:00:10 " in line and line.endswith("(3/4 epochs)")  # its own rate: one epoch of 10 s left
