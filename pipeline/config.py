@@ -244,7 +244,10 @@ class EnsembleConfig:
                 )
         if self.weights:
             if len(self.weights) != len(self.models):
-                raise ConfigError("ensemble: 'weights' needs one value per entry of 'models'")
+                raise ConfigError(
+                    f"ensemble: 'weights' needs one value per entry of 'models' (got {len(self.weights)} weight(s) "
+                    f"for models {self.models or '[] (all found)'}); e.g. models=resnet18,simple_cnn weights=0.8,0.2"
+                )
             if not all(math.isfinite(w) and w >= 0 for w in self.weights) or sum(self.weights) <= 0:
                 raise ConfigError(f"ensemble: weights must be finite, >= 0 and not all 0, got {self.weights}")
         if self.method == "mean" and (self.weights or self.fit_weights):

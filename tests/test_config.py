@@ -187,3 +187,12 @@ def test_prefetch_is_auto_on_a_gpu_only_and_validated():
     assert resolve_prefetch("true", cpu) and not resolve_prefetch("false", gpu)
     with pytest.raises(ConfigError, match="prefetch must be auto"):
         cfg("sometimes")
+
+
+def test_ensemble_weights_without_models_say_how_to_give_them():
+    from pipeline.config import EnsembleConfig
+
+    cfg = EnsembleConfig(method="weighted", weights=[0.8, 0.2])
+    with pytest.raises(ConfigError, match=r"needs one value per entry of 'models'.*e\.g\. models=resnet18"):
+        cfg.validate()
+    EnsembleConfig(method="weighted", weights=[0.8, 0.2], models=["a", "b"]).validate()
