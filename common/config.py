@@ -144,7 +144,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
-            value = [v for v in value.replace(",", " ").split() if v]
+            value = [v for v in value.strip().removeprefix("[").removesuffix("]").replace(",", " ").split() if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
         items = [_coerce(v, item_tp, where) for v in value]
@@ -179,15 +179,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def build_config(cls: type[T], values: dict, source: str = "config") -> T:
-    """Instantiate dataclass ``cls`` from ``values``; unknown keys raise with close matches."""
+def build_config(cls: type[T], values: dict, source: str = "config", from_cli: frozenset = frozenset()) -> T:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys raise with close matches.
+
+    ``from_cli``: the keys given on the command line, named as such in an error (not the file)."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, val in values.items():
         if key not in fields:
             raise ConfigError(f"{source}: unknown key '{key}' for {cls.__name__} ({close_matches(key, fields)})")
-        kwargs[key] = _coerce(val, hints[key], f"{source}: key '{key}'")
+        where = f"command line: {key}={val}" if key in from_cli else f"{source}: key '{key}'"
+        kwargs[key] = _coerce(val, hints[key], where)
     try:
         cfg = cls(**kwargs)
     except TypeError as e:  # a required field without default
@@ -248,7 +251,7 @@ def load_stage_config(
             m: ({k: v for k, v in o.items() if k not in over} if isinstance(o, dict) else o)
             for m, o in per_model.items()
         }
-    return build_config(cls, values, src)
+    return build_config(cls, values, src, frozenset(over))
 
 
 def _type_name(tp: Any) -> str:

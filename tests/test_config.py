@@ -196,3 +196,10 @@ def test_ensemble_weights_without_models_say_how_to_give_them():
     with pytest.raises(ConfigError, match=r"needs one value per entry of 'models'.*e\.g\. models=resnet18"):
         cfg.validate()
     EnsembleConfig(method="weighted", weights=[0.8, 0.2], models=["a", "b"]).validate()
+
+
+def test_a_bad_command_line_value_names_the_command_line_and_lists_take_brackets():
+    with pytest.raises(ConfigError, match=r"^command line: epochs=ten: expected int"):
+        load_stage_config(TrainConfig, "train", CONFIGS / "default.yaml", ["epochs=ten"])
+    cfg = load_stage_config(TrainConfig, "train", CONFIGS / "default.yaml", ["models=[resnet18, simple_cnn]"])
+    assert cfg.models == ["resnet18", "simple_cnn"]
