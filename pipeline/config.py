@@ -88,6 +88,12 @@ class TrainConfig:
     cutmix: float = opt(0.0, help="cutmix alpha (0 = off)")
     mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on")
     input_path: str = opt("auto", help="auto | batched (packed cache: one read per batch) | per_item")
+    ram_cache_mb: float = opt(
+        1024,
+        help="keep decoded images of the JPEG cache in RAM up to this many MB each for train and val "
+        "(0 = off): epochs after the first skip decoding; same pixels, same run (in-process loading)",
+        recipe=False,
+    )
     prefetch: str = opt(
         "auto",
         help="prepare the next batch in a thread while the model runs: auto (on a GPU; off on a CPU, "
@@ -131,6 +137,7 @@ class TrainConfig:
             "momentum",
             "color_jitter",
             "crop_padding",
+            "ram_cache_mb",
         ):
             v = getattr(self, key)
             if not (math.isfinite(v) and v >= 0):

@@ -141,7 +141,12 @@ class ManifestDataset(_SeededItems, Dataset):
     """
 
     def __init__(
-        self, data_dir: str | Path, rows: pd.DataFrame, transform: Callable | None = None, seed: int | None = None
+        self,
+        data_dir: str | Path,
+        rows: pd.DataFrame,
+        transform: Callable | None = None,
+        seed: int | None = None,
+        ram_cache_mb: float = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.rows = rows.reset_index(drop=True)
@@ -150,11 +155,19 @@ class ManifestDataset(_SeededItems, Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        # decoded images kept in this process up to the budget (the first epoch decodes, the
+        # next ones read RAM); the transforms never write into their input, so items are unchanged
+        self.ram_budget = int(ram_cache_mb * 2**20)
+        self.ram: dict[int, torch.Tensor] = {}
+        self.ram_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
+    def _decode(self, i: int) -> torch.Tensor:
+        img = self.ram.get(i)
+        if img is not None:
+            return img
         try:
             img = decode_image(read_file(self.paths[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:
@@ -162,7 +175,13 @@ class ManifestDataset(_SeededItems, Dataset):
                 f"{self.paths[i]}: cannot decode cached image ({_decode_reason(e)}); run 'make verify' "
                 "(python -m data_prep verify --config ...): it re-encodes damaged cached images from the source"
             ) from None
-        return {"image": self._transform(img, i), "target": self.targets[i], "id": i}
+        if self.ram_bytes + img.nbytes <= self.ram_budget:
+            self.ram[i] = img
+            self.ram_bytes += img.nbytes
+        return img
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self._transform(self._decode(i), i), "target": self.targets[i], "id": i}
 
 
 class _PackedRows:
@@ -333,15 +352,17 @@ def build_dataset(
     transform: Callable | None,
     cache: str = "jpeg",
     seed: int | None = None,
+    ram_cache_mb: float = 0,
 ) -> Dataset:
     """The per-item dataset of ``rows`` read from the chosen cache (same items, same transforms).
 
     ``jpeg``: the resized file cache (``images/``, JPEG or lossless PNG); ``packed``: the uint8
     memory-mapped array written by prep with ``packed=true``. ``seed``: per-item reseeding of a
-    reseedable transform (training, see :class:`ManifestDataset`).
+    reseedable transform (training, see :class:`ManifestDataset`). ``ram_cache_mb``: keep decoded
+    JPEG-cache images in memory up to this budget (the packed cache is in the page cache already).
     """
     if cache == "jpeg":
-        return ManifestDataset(data_dir, rows, transform, seed=seed)
+        return ManifestDataset(data_dir, rows, transform, seed=seed, ram_cache_mb=ram_cache_mb)
     if cache == "packed":
         return PackedDataset(data_dir, rows, transform, seed=seed)
     raise DataError(f"unknown cache '{cache}' (valid: {', '.join(CACHES)})")
@@ -464,7 +485,7 @@ def build_train_input(
         ds = BatchedPackedDataset(data_dir, rows, policy.batch(cfg, device_tf is None), seed=cfg.seed)
         collate = batch_as_is
     else:
-        ds = build_dataset(data_dir, rows, policy.item(cfg), cfg.cache, seed=cfg.seed)
+        ds = build_dataset(data_dir, rows, policy.item(cfg), cfg.cache, seed=cfg.seed, ram_cache_mb=cfg.ram_cache_mb)
         collate = None
     g = torch.Generator()
     loader = DataLoader(
@@ -484,18 +505,22 @@ def build_train_input(
     return train_input
 
 
-def build_eval_loader(data_dir: str | Path, rows: pd.DataFrame, cfg, batch_size: int | None = None) -> DataLoader:
+def build_eval_loader(
+    data_dir: str | Path, rows: pd.DataFrame, cfg, batch_size: int | None = None, ram_cache: bool = False
+) -> DataLoader:
     """Centre crop of ``cfg.img_size``, rows in order, every row once (no ``drop_last``).
 
     The packed cache is read a batch at a time (unless ``input_path=per_item``); the pixels are
-    the same as ``build_eval_transform`` per item.
+    the same as ``build_eval_transform`` per item. ``ram_cache``: keep the decoded JPEG-cache
+    images within ``cfg.ram_cache_mb`` (a loader read every epoch, i.e. validation).
     """
     bs = batch_size or cfg.batch_size
     if cfg.cache == "packed" and cfg.input_path != "per_item":
         ds = BatchedPackedDataset(data_dir, rows, BatchAugment(cfg.img_size, "center"), seed=cfg.seed)
         collate = batch_as_is
     else:
-        ds = build_dataset(data_dir, rows, build_eval_transform(cfg.img_size), cfg.cache)
+        budget = getattr(cfg, "ram_cache_mb", 0) if ram_cache else 0
+        ds = build_dataset(data_dir, rows, build_eval_transform(cfg.img_size), cfg.cache, ram_cache_mb=budget)
         collate = None
     return DataLoader(
         ds,

@@ -398,7 +398,7 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
     optimizer = build_optimizer(model, cfg)
     train_input = build_train_input(data_dir, rows["train"], cfg)
     eval_names = [s for s in ("val", "test", schema.NONLANDMARK) if s in rows]
-    eval_loaders = [build_eval_loader(data_dir, rows[s], cfg) for s in eval_names]
+    eval_loaders = [build_eval_loader(data_dir, rows[s], cfg, ram_cache=s == "val") for s in eval_names]
     model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_input.loader, *eval_loaders)
     train_input.loader = train_loader
     batches = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader), cfg.limit_train_batches)

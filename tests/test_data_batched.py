@@ -506,3 +506,35 @@ def test_prefetcher_reports_the_end_of_an_accelerate_loader_like_the_loader():
     assert flags(Prefetcher(loader, acc.device)) == plain
     assert flags(Prefetcher(loader, acc.device, depth=3)) == plain
     assert not acc.gradient_state.in_dataloader  # nothing left registered
+
+
+# ---- decoded images kept in RAM (JPEG cache)
+
+
+@pytest.mark.parametrize("augment", ["default", "rrc", "strong"])
+def test_ram_cache_gives_the_same_items_and_keeps_within_its_budget(coord_data, augment):
+    """Two epochs of the per-item JPEG path with and without the RAM cache: identical items, the
+    cached pixels are never written by a transform, and the cache stops at its budget."""
+    data_dir, rows = coord_data
+    cfg = TrainConfig(dataset="x", img_size=32, cache="jpeg", augment=augment, input_path="per_item", seed=3)
+    policy = __import__("pipeline.augment", fromlist=["get_policy"]).get_policy(augment)
+    plain = build_dataset(data_dir, rows, policy.item(cfg), "jpeg", seed=3)
+    cached = build_dataset(data_dir, rows, policy.item(cfg), "jpeg", seed=3, ram_cache_mb=1024)
+    for epoch in (0, 1):
+        plain.epoch = cached.epoch = epoch
+        for i in range(len(rows)):
+            assert torch.equal(plain[i]["image"], cached[i]["image"]), (epoch, i)
+    assert len(cached.ram) == len(rows)
+    first = next(iter(cached.ram.values()))
+    for i, img in cached.ram.items():
+        assert torch.equal(img, plain._decode(i))  # untouched by the transforms
+    small = build_dataset(data_dir, rows, None, "jpeg", ram_cache_mb=2.5 * first.nbytes / 2**20)
+    for i in range(len(rows)):
+        small[i]
+    assert len(small.ram) == 2 and small.ram_bytes <= small.ram_budget
+    assert not build_dataset(data_dir, rows, None, "jpeg").ram  # 0 = off
+
+
+def test_ram_cache_is_validated():
+    with pytest.raises(ConfigError, match="ram_cache_mb must be a finite number >= 0"):
+        TrainConfig(ram_cache_mb=-1).validate()

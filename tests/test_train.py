@@ -98,10 +98,11 @@ def test_two_epochs_reduce_the_loss_and_write_the_run_folder(tiny_data, tmp_path
 
 
 def test_resume_equals_uninterrupted(tiny_data, tmp_path):
-    """Also with the prefetch thread on in the interrupted run only: prefetching changes nothing."""
+    """Also with the prefetch thread on and the RAM cache off in the interrupted run only: neither
+    changes anything."""
     full = tiny_train_config(tiny_data, tmp_path / "a", epochs=2)  # prefetch auto: off on a CPU
     fit(full, "simple_cnn", 1)
-    part = tiny_train_config(tiny_data, tmp_path / "b", epochs=1, prefetch="true")
+    part = tiny_train_config(tiny_data, tmp_path / "b", epochs=1, prefetch="true", ram_cache_mb=0)
     fit(part, "simple_cnn", 1)
     out_b = schema.run_dir(tmp_path / "b", "t", "simple_cnn", 1)
     (out_b / schema.RUN_DONE).unlink()  # as if killed after epoch 1
