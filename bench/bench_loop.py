@@ -50,8 +50,7 @@ from pipeline.engine import (  # noqa: E402
 )
 from pipeline.factories import build_loss, build_optimizer, build_schedule  # noqa: E402
 from pipeline.models import create_model  # noqa: E402
-from pipeline.prefetch import Prefetcher  # noqa: E402
-from pipeline.train import resolve_prefetch  # noqa: E402
+from pipeline.train import training_feed  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset"
 
@@ -99,8 +98,9 @@ def pipeline_pass(model, opt, cfg: TrainConfig, ti, acc, batches: int, epoch: in
     parts = StepParts(opt, build_loss(cfg), build_schedule(opt, cfg, batches), None, ti.device_transform)
     done, t0 = 0, time.perf_counter()
     while done < batches:  # as many passes over the loader as the measurement needs
-        feed = Prefetcher(loader, acc.device) if resolve_prefetch(cfg.prefetch, acc.device) else loader
-        train_one_epoch(model, feed, parts, acc, resolve_channels_last(cfg.channels_last), batches - done)
+        train_one_epoch(
+            model, training_feed(loader, cfg, acc), parts, acc, resolve_channels_last(cfg.channels_last), batches - done
+        )
         done += min(len(loader), batches - done)
     return batches * cfg.batch_size / (time.perf_counter() - t0)
 
@@ -204,7 +204,7 @@ def main() -> int:
                 ("CIFAR resnet18 (3x3 stem)", "resnet18", cifar, TrainConfig(**base), 12),
             ]
         # the default's images both ways: packed (the batched path) and its JPEG cache (per-item
-        # path: A decodes JPEGs, B does not, so that row is the decode cost, not the loop's)
+        # path; A's RAM cache fills in its first pass; without it, the row prices the JPEG decode)
         packed = prep_default(root, packed=True)
         base = dict(dataset="synth_packed", img_size=64, cache="packed", batch_size=64, color_jitter=0.0)
         jpeg = {**base, "dataset": "synth", "cache": "jpeg"}
@@ -213,8 +213,13 @@ def main() -> int:
             ("default resnet18, packed", "resnet18", packed, TrainConfig(**base), 12),
             ("default simple_cnn, JPEG cache", "simple_cnn", synth, TrainConfig(**jpeg), 40),
             ("default resnet18, JPEG cache", "resnet18", synth, TrainConfig(**jpeg), 12),
-            ("default simple_cnn, JPEG cache, no RAM cache", "simple_cnn", synth,
-             TrainConfig(**jpeg, ram_cache_mb=0), 40),
+            (
+                "default simple_cnn, JPEG cache, no RAM cache",
+                "simple_cnn",
+                synth,
+                TrainConfig(**jpeg, ram_cache_mb=0),
+                40,
+            ),
         ]
         for name, model, data_dir, cfg, batches in cases:
             rows.append(run_case(name, model, data_dir, cfg, max(2, batches // scale), args.pairs))

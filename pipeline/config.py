@@ -18,6 +18,14 @@ NECKS = ("none", "linear")
 HEADS = ("linear", "arcface", "subcenter_arcface")
 
 
+def _auto_bool(stage: str, key: str, value) -> str:
+    """An ``auto | true | false`` key, normalised (YAML's booleans included) and checked."""
+    v = str(value).lower()
+    if v not in ("auto", "true", "false"):
+        raise ConfigError(f"{stage}: {key} must be auto|true|false, got '{value}'")
+    return v
+
+
 @dataclass
 class TrainConfig:
     """The training stage (``train:`` section). Defaults are seed 001's recipe."""
@@ -176,12 +184,8 @@ class TrainConfig:
                 raise ConfigError(
                     f"train: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
                 )
-        self.channels_last = str(self.channels_last).lower()
-        if self.channels_last not in ("auto", "true", "false"):
-            raise ConfigError(f"train: channels_last must be auto|true|false, got '{self.channels_last}'")
-        self.prefetch = str(self.prefetch).lower()
-        if self.prefetch not in ("auto", "true", "false"):
-            raise ConfigError(f"train: prefetch must be auto|true|false, got '{self.prefetch}'")
+        self.channels_last = _auto_bool("train", "channels_last", self.channels_last)
+        self.prefetch = _auto_bool("train", "prefetch", self.prefetch)
         p = str(self.pretrained)
         self.pretrained = p.lower() if p.lower() in ("true", "false") else p
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
@@ -357,9 +361,7 @@ class PredictConfig:
                 raise ConfigError(
                     f"predict: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
                 )
-        self.channels_last = str(self.channels_last).lower()
-        if self.channels_last not in ("auto", "true", "false"):
-            raise ConfigError(f"predict: channels_last must be auto|true|false, got '{self.channels_last}'")
+        self.channels_last = _auto_bool("predict", "channels_last", self.channels_last)
         if self.images and self.test_root:
             raise ConfigError("predict: give images=DIR (your photos) or test_root=DIR (the competition), not both")
         if self.bundle and not (self.images or self.test_root):

@@ -529,8 +529,8 @@ def resolve_prefetch(requested: str, device: torch.device) -> bool:
     return requested == "true" or (requested == "auto" and device.type == "cuda")
 
 
-def _feed(loader, cfg: TrainConfig, accelerator: Accelerator):
-    """The loader, with the next batch prepared in a background thread while the model runs."""
+def training_feed(loader, cfg: TrainConfig, accelerator: Accelerator):
+    """The loader, or (when ``prefetch`` resolves on: a GPU) a thread preparing its next batch while the model runs."""
     from pipeline.prefetch import Prefetcher
 
     return Prefetcher(loader, accelerator.device) if resolve_prefetch(cfg.prefetch, accelerator.device) else loader
@@ -601,7 +601,7 @@ def _one_epoch(run: Run, state: RunState, epoch: int, accelerator: Accelerator, 
         row.update(
             train_one_epoch(
                 run.model,
-                _feed(run.train_input.loader, cfg, accelerator),
+                training_feed(run.train_input.loader, cfg, accelerator),
                 run.parts,
                 accelerator,
                 run.channels_last,
@@ -610,7 +610,7 @@ def _one_epoch(run: Run, state: RunState, epoch: int, accelerator: Accelerator, 
                 desc=f"{run.tag} {epoch + 1}/{cfg.epochs}",
             )
         )
-        val = _feed(run.loaders["val"], cfg, accelerator)
+        val = training_feed(run.loaders["val"], cfg, accelerator)
         metrics, _ = evaluate(_eval_model(run, accelerator), val, accelerator, run.channels_last)
     except Diverged as e:
         raise PipelineError(

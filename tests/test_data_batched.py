@@ -22,7 +22,14 @@ from torch.utils.data import DataLoader
 
 from common.errors import ConfigError, DataError
 from data_prep.packed import build_packed
-from pipeline.augment import BatchAugment, FastColorJitter, FastHorizontalFlip, FastRandomCrop, ItemPipeline
+from pipeline.augment import (
+    BatchAugment,
+    FastColorJitter,
+    FastHorizontalFlip,
+    FastRandomCrop,
+    ItemPipeline,
+    get_policy,
+)
 from pipeline.config import TrainConfig
 from pipeline.data import (
     BatchedPackedDataset,
@@ -517,7 +524,7 @@ def test_ram_cache_gives_the_same_items_and_keeps_within_its_budget(coord_data, 
     cached pixels are never written by a transform, and the cache stops at its budget."""
     data_dir, rows = coord_data
     cfg = TrainConfig(dataset="x", img_size=32, cache="jpeg", augment=augment, input_path="per_item", seed=3)
-    policy = __import__("pipeline.augment", fromlist=["get_policy"]).get_policy(augment)
+    policy = get_policy(augment)
     plain = build_dataset(data_dir, rows, policy.item(cfg), "jpeg", seed=3)
     cached = build_dataset(data_dir, rows, policy.item(cfg), "jpeg", seed=3, ram_cache_mb=1024)
     for epoch in (0, 1):

@@ -1,6 +1,5 @@
 """End to end through the CLI faces: prep -> folds -> train -> ensemble, as `make all` runs them."""
 
-import os
 import re
 import subprocess
 import sys
@@ -11,9 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import TINY_PREP
-from tests.ddp import needs_torchrun, torchrun2
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "LOGLEVEL": "WARNING"}
+from tests.ddp import ENV, needs_torchrun, torchrun2
 
 
 def run(args, cwd, check=True):
