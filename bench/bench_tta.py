@@ -27,7 +27,9 @@ from common import schema
 from pipeline.config import PredictConfig
 from pipeline.engine import cpu_has_fast_bf16
 from pipeline.metrics import score_all
-from pipeline.predict import TTA, Job, check_runs, finished_runs, iter_predictions, make_accelerator, read_prep_identity
+from pipeline.predict import Job, check_runs, iter_predictions, make_accelerator
+from pipeline.runs import finished_runs, read_prep_identity
+from pipeline.tta import TTA
 
 SETTINGS = {  # name -> (flip, scales)
     "plain": (False, (1.0,)),

@@ -37,18 +37,10 @@ from pipeline.config import PredictConfig
 from pipeline.data import build_dataset, make_loader, normalize
 from pipeline.metrics import score_all
 from pipeline.predfile import load_predictions, save_predictions
-from pipeline.predict import (
-    TTA,
-    RunInfo,
-    _run_cache,
-    check_runs,
-    finished_runs,
-    load_run,
-    lock_folders,
-    make_accelerator,
-    read_prep_identity,
-)
+from pipeline.predict import check_runs, lock_folders, make_accelerator, run_cache
 from pipeline.retrieval import fuse, knn, knn_class_scores
+from pipeline.runs import RunInfo, finished_runs, load_run, read_prep_identity
+from pipeline.tta import TTA
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +116,7 @@ def embed_runs(infos: list[RunInfo], manifests: list[str], cfg: PredictConfig, d
             raise PipelineError(f"{info.tag}: the model has no embed() (built before heads existed?)")
         model = accelerator.prepare_model(model, evaluation_mode=True)
         for m in manifests:
-            ds = build_dataset(data_dir, rows[m], None, _run_cache(info, data_dir, rows[m]))
+            ds = build_dataset(data_dir, rows[m], None, run_cache(info, data_dir, rows[m]))
             loader = accelerator.prepare_data_loader(make_loader(ds, cfg.batch_size, False, cfg.num_workers))
             path, index = emb_paths(info.run_dir, m)
             write_embeddings(model, loader, accelerator, info.cfg.img_size, path, len(rows[m]), channels_last)

@@ -40,12 +40,12 @@ from common.errors import DataError, PipelineError
 from common.io import atomic_write, write_csv, write_json, write_text, write_yaml
 from common.lock import folder_lock
 from pipeline.config import ExportConfig
-from pipeline.predict import (
+from pipeline.runs import (
     PrepIdentity,
-    _read_json,
     check_run,
     finished_runs,
     load_run,
+    read_json,
     read_prep_identity,
     read_run,
 )
@@ -80,12 +80,12 @@ class Bundle:
 def read_bundle(path: str | Path) -> Bundle:
     """Read and check an export bundle (one error line if it is not one)."""
     root = Path(path)
-    meta = _read_json(root / BUNDLE_JSON)
+    meta = read_json(root / BUNDLE_JSON)
     if not meta:
         raise DataError(f"{root}: not an export bundle ({BUNDLE_JSON} missing or unreadable)")
     if meta.get("format") != BUNDLE_FORMAT:
         raise DataError(f"{root}: bundle format {meta.get('format')!r}, this version reads {BUNDLE_FORMAT}")
-    prep = _read_json(root / PREP_JSON)
+    prep = read_json(root / PREP_JSON)
     if not prep.get("fingerprint"):
         raise DataError(f"{root / PREP_JSON}: missing or without a prep fingerprint")
     label_map = schema.read_label_map(root)
@@ -254,7 +254,7 @@ def run_export(cfg: ExportConfig) -> Path:
                     torch.save({"model": run.model.state_dict(), "fused": fused}, f)
                 # check_run made sure the run's recorded prep is this one (current also knows the cache format)
                 write_yaml(dst / schema.RUN_CONFIG, {**info.saved, "fused": fused, "prep": current.as_dict()})
-                summary = _read_json(info.run_dir / schema.RUN_SUMMARY)
+                summary = read_json(info.run_dir / schema.RUN_SUMMARY)
                 if summary:
                     write_json(dst / schema.RUN_SUMMARY, summary)
                 write_text(dst / schema.RUN_DONE, "ok\n")
@@ -295,7 +295,7 @@ def run_export(cfg: ExportConfig) -> Path:
 def main(cfg: ExportConfig) -> int:
     """CLI face: export, then say where the bundle is and how to use it."""
     path = run_export(cfg)
-    meta = _read_json(path / BUNDLE_JSON)
+    meta = read_json(path / BUNDLE_JSON)
     fused = sum(r["fused"] for r in meta["runs"])
     print(f"bundle {path}: {len(meta['runs'])} runs ({fused} fused), wheel {meta['wheel'] or 'none'}")
     print(f"use it: see {path / 'README.md'}")

@@ -60,7 +60,7 @@ def test_fusion_with_beta_zero_is_the_classifier(embedded, tmp_path):
 
     cfg = dataclasses.replace(embedded["cfg"], knn_tune=False, knn_alpha=1.0, knn_beta=0.0)
     from pipeline.embed import knn_run
-    from pipeline.predict import read_run
+    from pipeline.runs import read_run
 
     run = schema.run_dir(embedded["root"], "t", "simple_cnn", 0)
     knn_run(read_run(run, embedded["data"]), cfg, embedded["data"], 6)

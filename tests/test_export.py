@@ -23,7 +23,8 @@ from common.cli import run_main
 from pipeline.config import EnsembleConfig, ExportConfig, PredictConfig
 from pipeline.export import BUNDLE_JSON, BUNDLE_RUNS, PREP_JSON, read_bundle, run_export
 from pipeline.predfile import load_predictions
-from pipeline.predict import load_run, run_predict
+from pipeline.predict import run_predict
+from pipeline.runs import load_run
 from tests.test_predict import train_config
 
 EXP = "x"

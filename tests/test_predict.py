@@ -17,15 +17,9 @@ from common.cli import run_main
 from common.errors import ConfigError, DataError
 from pipeline.config import PredictConfig, TrainConfig
 from pipeline.predfile import load_predictions
-from pipeline.predict import (
-    DEFAULT_MANIFESTS,
-    TTA,
-    finished_runs,
-    load_run,
-    predict_loader,
-    read_prep_identity,
-    run_predict,
-)
+from pipeline.predict import DEFAULT_MANIFESTS, predict_loader, run_predict
+from pipeline.runs import finished_runs, load_run, read_prep_identity
+from pipeline.tta import TTA
 from tests.conftest import tiny_prep_config
 from tests.ddp import needs_torchrun, torchrun2
 
