@@ -156,10 +156,10 @@ def test_crop_padding_shifts_small_images():
 
 
 def test_eta_prices_each_model_at_its_own_rate(monkeypatch):
-    from pipeline.train import Progress
+    from pipeline.progress import Progress
 
     clock = iter([0.0, 1.0, 2.0, 12.0])  # start; then epochs of a fast (1 s) and a slow (10 s) model
-    monkeypatch.setattr("pipeline.train.time.time", lambda: next(clock))
+    monkeypatch.setattr("pipeline.progress.time.time", lambda: next(clock))
     p = Progress({"fast": 2, "slow": 2})
 
     class R:
