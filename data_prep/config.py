@@ -12,6 +12,20 @@ TEST_FORMATS = ("auto", "glr2020", "glr2019", "folder")  # data_prep.competition
 OFFICIAL_TEST_SPLIT = ("cifar10", "cifar100")  # sources whose own test set is the internal test split
 
 
+def parse_top_k(value: object) -> int | str:
+    """``top_k`` from YAML or the command line: a positive integer or ``all`` (kept as the int
+    when a number, so the prep fingerprint of an existing config does not change)."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    try:
+        k = float(value) if not isinstance(value, bool) else float("nan")
+    except (TypeError, ValueError):
+        k = float("nan")
+    if not (k == k and k == int(k) and k > 0):
+        raise ConfigError(f"prep: top_k must be a positive integer or 'all', got {value!r}")
+    return int(k)
+
+
 @dataclass
 class PrepConfig:
     """The prep stage (``prep:`` section): raw source -> selection -> splits -> caches -> manifests."""
@@ -23,7 +37,10 @@ class PrepConfig:
     data_root: str = opt("data", help="where data/<dataset>/ is written")
     label_source: str = opt("train", help="gld_v2 labels: train (train.csv) | clean (train_clean.csv)")
     # ---- selection and splits (seed 001: top 1000 classes, then 0.1 of their images)
-    top_k: int = opt(1000, help="keep the K most frequent classes")
+    top_k: int | str = opt(1000, help="keep the K most frequent classes; all = every class (all of GLD v1/v2)")
+    min_images: int = opt(
+        0, help="keep only classes with at least N images in the source (before top_k and sampling; 0 = no limit)"
+    )
     sample_ratio: float = opt(0.1, help="then keep this fraction of their images (per class, at least 1)")
     min_per_class: int = opt(0, help="drop classes with fewer images (after sampling)")
     max_per_class: int | None = opt(None, help="cap images per class (after sampling; none = no cap)")
@@ -73,11 +90,14 @@ class PrepConfig:
     )
     synth_competition_landmarks: float = opt(0.38, help="synthetic: share of competition test images with a landmark")
 
+    def __post_init__(self) -> None:
+        self.top_k = parse_top_k(self.top_k)
+
     def validate(self) -> None:
         if self.source not in SOURCES:
             raise ConfigError(f"prep: unknown source '{self.source}' ({close_matches(self.source, SOURCES)})")
-        if self.top_k <= 0:
-            raise ConfigError(f"prep: top_k must be positive, got {self.top_k}")
+        if self.min_images < 0:
+            raise ConfigError(f"prep: min_images must be >= 0, got {self.min_images}")
         if not 0 < self.sample_ratio <= 1:
             raise ConfigError(f"prep: sample_ratio must be in (0, 1], got {self.sample_ratio}")
         if self.val_frac < 0 or self.test_frac < 0 or self.val_frac + self.test_frac >= 1:
@@ -127,7 +147,15 @@ class PrepConfig:
 
 @dataclass
 class FoldsConfig:
-    """The folds stage (``folds:`` section): seeded stratified K-fold file over train.csv."""
+    """The folds stage (``folds:`` section): seeded stratified K-fold file over train.csv.
+
+    Class-size rule (GLD v2: most classes have 2-5 photos): classes with at least ``k`` training
+    images are split stratified (each fold gets its share); classes with fewer are spread over
+    the folds round-robin in a seeded order, so every training image is in exactly one fold and
+    gets one out-of-fold prediction, and no class has two images in one fold. (Train-only for
+    small classes would leave them without OOF predictions and break the fold file's contract:
+    every train id in 0..k-1.) A train manifest that leaves a fold empty is refused.
+    """
 
     dataset: str = opt("synthetic", help="data set folder under data_root")
     data_root: str = opt("data", help="where prep wrote data/<dataset>/")
