@@ -18,10 +18,11 @@ from common.config import config_help, load_stage_config
 
 
 def _other_stage_configs() -> tuple[type, ...]:
-    """Every stage's config class: a key of another stage on the command line is left to it."""
-    from pipeline.__main__ import all_stage_configs  # the one list of stages (a face may import faces)
+    """Every stage's config class: a key of another stage on the command line is left to it
+    (the list lives in :mod:`common.stages`: data_prep is below pipeline and never imports it)."""
+    from common.stages import stage_configs
 
-    return all_stage_configs()
+    return stage_configs()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if run_verify(cfg, deep=not args.shallow, progress=sys.stderr.isatty())["ok"] else 1
     elif args.cmd == "folds":
         from data_prep.folds import run_folds
-        from data_prep.prep import stage_os_errors
+        from data_prep.stage import stage_os_errors
 
         cfg = load_stage_config(FoldsConfig, "folds", args.config, args.overrides, _other_stage_configs())
         with stage_os_errors("folds"):

@@ -35,6 +35,7 @@ from common.errors import ConfigError, DataError
 from common.io import cleanup_temp_files, write_json
 from data_prep.config import PrepConfig
 from data_prep.images import CACHE_DIR, CACHE_META, FORMATS, build_cache, cache_relpath, check_cached_file
+from data_prep.stage import stage_os_errors
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def repair(
     progress: bool = False,
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Re-encode the cached files of ``problems`` from ``sources`` (``{id: (src, opener, track)}``,
-    see :func:`data_prep.prep.sources_of`) with the cache's own settings (``images/cache.json``).
+    see :func:`data_prep.inputs.sources_of`) with the cache's own settings (``images/cache.json``).
 
     The damaged file is deleted first (a file that cannot be replaced is then plainly missing,
     never silently trusted). Returns ``({id: problem it had}, {id: why it could not be fixed})``.
@@ -256,7 +257,6 @@ def run_verify(cfg: PrepConfig, deep: bool = True, progress: bool = False) -> di
     cache; returns the report (also ``verify_report.json``), ``report["ok"]`` False when some
     image could not be fixed."""
     from common.lock import folder_lock
-    from data_prep.prep import stage_os_errors
 
     out = Path(cfg.data_root) / cfg.dataset
     if not (out / schema.PREP_REPORT).is_file():
@@ -329,17 +329,17 @@ def _verify_packed(
 
 def _sources(cfg: PrepConfig, out: Path) -> dict:
     """``{id: (src, opener, track)}`` from ``cfg``'s source (read again: only when something is bad)."""
-    from data_prep import prep
+    from data_prep import inputs as pi
     from data_prep.competition import read_extra_sets
 
-    table = prep.read_source(cfg)
-    test_root, nonlandmark_root = prep.extra_roots(cfg)
+    table = pi.read_source(cfg)
+    test_root, nonlandmark_root = pi.extra_roots(cfg)
     extra = read_extra_sets(test_root, cfg.test_format, cfg.solution_csv, nonlandmark_root)
-    inputs = prep.prep_inputs(cfg, table, extra)
-    if not prep.is_up_to_date(out, prep.fingerprint(inputs), extra):
+    inputs = pi.prep_inputs(cfg, table, extra)
+    if not pi.is_up_to_date(out, pi.fingerprint(inputs), extra):
         log.warning(
             "the config given is not the one of the prep in %s (%s): re-encoding from this config's source",
             out,
-            prep.rerun_reason(out, inputs, extra),
+            pi.rerun_reason(out, inputs, extra),
         )
-    return prep.sources_of(cfg, table, extra)
+    return pi.sources_of(cfg, table, extra)
