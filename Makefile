@@ -30,7 +30,6 @@ STAGE_ARGS = $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(if $(MODELS),models=
              $(if $(FOLDS),folds=$(call list,$(FOLDS))) $(if $(EPOCHS),epochs=$(EPOCHS)) \
              $(if $(NAME),name=$(NAME)) $(ARGS)
 export NO_ALBUMENTATIONS_UPDATE := 1
-export HF_HUB_OFFLINE ?= 1
 
 .PHONY: all help setup settings prep verify folds train predict embed ensemble submit export compare \
         test test-fast lint bench models models-names clean clean-runs distclean check-dataset
@@ -75,10 +74,10 @@ help:
 	@echo "  TEST_ROOT    the competition's test folder (sample_submission.csv + test/a/b/c/<id>.jpg)"
 	@echo "  SOURCE_ROOT  raw data folder for any other source;  EXPERIMENTS: \"a b\" for compare"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' -c $(or $(CONSTRAINTS),constraints.txt)
 	touch $(STAMP)
 
 setup: $(STAMP)
