@@ -5,7 +5,7 @@
 For output sides 64 and 224 (from cached images of 72 and 256 px: a real Paris6k photo when
 ../shared/data is present, else a generated one), the microseconds per image of:
 
-* the per-item form of every policy in ``pipeline.augment.POLICIES`` (uint8 CHW tensor in and
+* the per-item form of every policy in ``pipeline.data.augment.POLICIES`` (uint8 CHW tensor in and
   out, reseeded per image as in training), and of ``strong``'s albumentations ops one by one;
 * the batched form (``default``, ``rrc``) rendering whole batches out of a packed uint8 array,
   with and without the batch colour jitter.
@@ -30,8 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.augment import POLICIES, BatchAugment, strong_compose  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.data.augment import POLICIES
+from pipeline.data.batch_augment import BatchAugment
+from pipeline.data.transforms import strong_compose
 
 PARIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paris6k_sample"
 PRECISION = "uint8 pixels, float32 jitter"

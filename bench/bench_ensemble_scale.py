@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_ensemble_scale.py [--images 100000] [--classes 1000]
         [--models 4] [--folds 5] [--methods mean,geometric] [--tmp DIR]
 
-Generates ``models x folds`` prediction files (:func:`pipeline.predfile.save_predictions`,
+Generates ``models x folds`` prediction files (:func:`pipeline.runs.predfile.save_predictions`,
 float16 probabilities: the format ``pipeline predict`` writes) in a temporary run tree, then
 runs the ensemble stage's streaming path in a fresh child process per method (so its peak RSS
 is its own): per model the fold average (one file in memory at a time), the per-model scores,
@@ -41,7 +41,7 @@ FINGERPRINT = "bench"
 
 def generate(root: Path, images: int, classes: int, models: int, folds: int, seed: int = 0) -> int:
     """The run tree and data folder; returns the bytes of the prediction files."""
-    from pipeline.predfile import save_predictions
+    from pipeline.runs.predfile import save_predictions
 
     data = root / "data" / "bench"
     data.mkdir(parents=True)
@@ -92,14 +92,17 @@ def _rss_gb(key: str) -> float:
 def worker(root: Path, method: str) -> dict:
     """The measured part, in its own process: stream, score, answer, write the CSV."""
     from common.io import write_csv
-    from pipeline.ensemble import Checker, finished_runs, pred_paths, stream_ensemble, submission_frame
+    from pipeline.ensemble.blend import stream_ensemble
+    from pipeline.ensemble.frame import submission_frame
+    from pipeline.ensemble.inputs import Checker, pred_paths
     from pipeline.metrics import score_all, top1
+    from pipeline.runs.scan import scan
 
     base = _rss_gb("VmRSS")
     t0 = time.perf_counter()
     data = root / "data" / "bench"
     label_map = schema.read_label_map(data)
-    runs = finished_runs(root / "runs", "bench")
+    runs = scan(root / "runs", "bench").finished
     weights = {m: 1 / len(runs) for m in runs}
     scores = {}
     ens = stream_ensemble(

@@ -12,7 +12,7 @@ one ``__getitems__`` per batch, jitter as a batch op), ``per_item`` over the pac
 Goals: batched >= 10x the JPEG cache, and >= 3k img/s per core at 224 px with jitter.
 Part 2, the same loaders with ``--workers`` worker processes (the previous benchmark's setting).
 Part 3, ``simple_cnn`` training steps at 64 px, one thread, fed by each input path, with and
-without :class:`pipeline.prefetch.Prefetcher`, against a plain loop on one resident batch.
+without :class:`pipeline.data.prefetch.Prefetcher`, against a plain loop on one resident batch.
 Part 4, crop 224 + flip + jitter of one 256 px image by torchvision v2 vs albumentations.
 
 Images are real Paris6k photos (flipped variants) from ../shared/data when present, else
@@ -42,8 +42,9 @@ from PIL import Image  # noqa: E402
 from data_prep.images import cache_relpath, resize_image  # noqa: E402
 from data_prep.packed import build_packed  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.data import build_train_input, build_train_transform, normalize  # noqa: E402
-from pipeline.prefetch import Prefetcher  # noqa: E402
+from pipeline.data.datasets import build_train_transform, normalize
+from pipeline.data.loaders import build_train_input
+from pipeline.data.prefetch import Prefetcher  # noqa: E402
 
 PARIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paris6k_sample"
 PRECISION = "uint8 pixels; jitter and model in float32"

@@ -1,4 +1,4 @@
-"""kNN search cost (:func:`pipeline.retrieval.knn`): time and peak memory against a float16 gallery.
+"""kNN search cost (:func:`pipeline.infer.retrieval.knn`): time and peak memory against a float16 gallery.
 
     .venv/bin/python bench/bench_knn.py [--dim 512] [--k 100] [--pairs 1000x100000,...]
                                         [--dtypes float32,bfloat16] [--threads 2] [--faiss]
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline.retrieval import knn  # noqa: E402
+from pipeline.infer.retrieval import knn  # noqa: E402
 
 DEFAULT_PAIRS = "1000x100000,2000x100000,5000x100000,1000x300000,1000x1000000,2000x1000000"
 FULL_Q, FULL_G = 100_000, 1_000_000

@@ -7,7 +7,7 @@ For each case (model x data), one process alternates A B A B ...:
 * **A, the pipeline**: ``build_train_input`` (the input path ``auto`` picks: batched for the packed
   CIFAR cache, per-item for the default's JPEG cache), ``accelerator.prepare``, the prefetch
   thread when ``prefetch`` resolves on (``auto``: on a GPU only) and
-  :func:`pipeline.engine.train_one_epoch` (accumulate context, NaN guard, schedule, loss factory);
+  :func:`pipeline.train.engine.train_one_epoch` (accumulate context, NaN guard, schedule, loss factory);
 * **B, a plain loop**: the same images already decoded in one uint8 tensor in memory, a random
   permutation, per-sample random crop + flip by indexing, normalise, forward, cross-entropy,
   backward, Adam step, in the same precision and memory format.
@@ -41,16 +41,13 @@ import torch.nn.functional as F  # noqa: E402
 
 from common import schema  # noqa: E402
 from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, build_train_input  # noqa: E402
-from pipeline.engine import (  # noqa: E402
-    StepParts,
-    new_accelerator,
-    resolve_channels_last,
-    train_one_epoch,
-)
-from pipeline.factories import build_loss, build_optimizer, build_schedule  # noqa: E402
+from pipeline.data.datasets import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from pipeline.data.loaders import build_train_input
 from pipeline.models import create_model  # noqa: E402
-from pipeline.train import training_feed  # noqa: E402
+from pipeline.optim.factories import build_loss, build_optimizer, build_schedule  # noqa: E402
+from pipeline.runtime import new_accelerator, resolve_channels_last
+from pipeline.train.engine import StepParts, train_one_epoch
+from pipeline.train.loop import training_feed
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset"
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.analysis import write_run_analysis  # noqa: E402
-from pipeline.compare import compare_table, write_compare  # noqa: E402
-from pipeline.leaderboard import run_info, write_leaderboard  # noqa: E402
-from pipeline.plots import plot_curves  # noqa: E402
+from pipeline.report.analysis import write_run_analysis  # noqa: E402
+from pipeline.report.compare import compare_table, write_compare  # noqa: E402
+from pipeline.report.leaderboard import run_info, write_leaderboard  # noqa: E402
+from pipeline.report.plots import plot_curves  # noqa: E402
 from tests.runfolders import fake_experiment, history, synthetic_probs  # noqa: E402
 
 CURVES_TARGET_S = 0.3

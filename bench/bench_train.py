@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipeline.engine import cpu_has_fast_bf16
 from pipeline.models import create_model
+from pipeline.runtime import cpu_has_fast_bf16
 
 CASES = [  # (model, image size, batch, small_input); small batches: bf16 is very slow without native support
     ("simple_cnn", 64, 32, False),

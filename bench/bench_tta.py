@@ -25,11 +25,12 @@ import torch
 
 from common import schema
 from pipeline.config import PredictConfig
-from pipeline.engine import cpu_has_fast_bf16
+from pipeline.infer.core import Job, check_runs, iter_predictions, make_accelerator
+from pipeline.infer.tta import TTA
 from pipeline.metrics import score_all
-from pipeline.predict import Job, check_runs, iter_predictions, make_accelerator
-from pipeline.runs import finished_runs, read_prep_identity
-from pipeline.tta import TTA
+from pipeline.runs.prep import read_prep_identity
+from pipeline.runs.scan import finished_runs
+from pipeline.runtime import cpu_has_fast_bf16
 
 SETTINGS = {  # name -> (flip, scales)
     "plain": (False, (1.0,)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -28,14 +29,79 @@ T = TypeVar("T")
 STAGES = ("prep", "folds", "train", "predict", "ensemble", "export")
 
 
-def opt(default: Any = dataclasses.MISSING, *, help: str = "", recipe: bool = True) -> Any:
-    """A config field with a one-line ``help`` (shown by ``--help``) and whether it is part of the
+def opt(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str = "",
+    recipe: bool = True,
+    choices: typing.Iterable | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A config field with a one-line ``help`` (shown by ``--help``), whether it is part of the
     training ``recipe`` (a run folder refuses a changed recipe; non-recipe keys such as paths,
-    progress bars or worker counts may change between resumes). Lists and dicts are copied."""
-    meta = {"help": help, "recipe": recipe}
+    progress bars or worker counts may change between resumes), and what values are valid:
+    ``choices`` (the one place a key's valid names are listed), ``ge``/``gt``/``le`` bounds
+    (checked by :func:`check_declared`; ``None`` values of optional keys are not checked). Lists
+    and dicts are copied."""
+    meta = {"help": help, "recipe": recipe, "choices": tuple(choices) if choices is not None else None,
+            "ge": ge, "gt": gt, "le": le}  # fmt: skip
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def stage_of(cls_or_cfg: Any) -> str:
+    """``TrainConfig`` -> ``train``: the name a config's errors start with."""
+    cls = cls_or_cfg if isinstance(cls_or_cfg, type) else type(cls_or_cfg)
+    return cls.__name__.removesuffix("Config").lower()
+
+
+def choices_of(cls: type, key: str) -> tuple:
+    """The valid values declared for ``key`` of config class ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == key and f.metadata.get("choices"):
+            return f.metadata["choices"]
+    raise KeyError(f"{cls.__name__}.{key} declares no choices")
+
+
+def check_choice(stage: str, key: str, value: Any, choices: typing.Iterable) -> None:
+    """One :class:`ConfigError` line naming the key, the value and the close valid ones."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{stage}: unknown {key} '{value}' ({close_matches(str(value), [str(c) for c in choices])})")
+
+
+def _check_bounds(stage: str, key: str, v: Any, m: dict, integer: bool) -> None:
+    ge, gt, le = m.get("ge"), m.get("gt"), m.get("le")
+    if ge is None and gt is None and le is None:
+        return
+    values = v if isinstance(v, list) else [v]
+    for x in values:
+        finite = isinstance(x, int) or math.isfinite(x)
+        if ge is not None and le is not None:
+            if not (finite and ge <= x <= le):
+                raise ConfigError(f"{stage}: {key} must be in [{ge:g}, {le:g}], got {v}")
+        elif integer and ge is not None:
+            if x < ge:
+                raise ConfigError(f"{stage}: {key} must be >= {ge}, got {v}")
+        elif gt is not None and not (finite and x > gt):
+            raise ConfigError(f"{stage}: {key} must be a finite number > {gt:g}, got {v}")
+        elif ge is not None and not (finite and x >= ge):
+            raise ConfigError(f"{stage}: {key} must be a finite number >= {ge:g}, got {v}")
+
+
+def check_declared(cfg: Any) -> None:
+    """Check every field against what its :func:`opt` declared (choices, bounds)."""
+    stage = stage_of(cfg)
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if v is None:
+            continue
+        if f.metadata.get("choices") is not None:
+            check_choice(stage, f.name, v, f.metadata["choices"])
+        _check_bounds(stage, f.name, v, f.metadata, integer="int" in str(f.type) and "float" not in str(f.type))
 
 
 # values several stages share, stated once in an experiment file's ``common:`` section
@@ -197,7 +263,9 @@ def build_config(cls: type[T], values: dict, source: str = "config", from_cli: f
         raise ConfigError(f"{source}: {e}") from None
     validate = getattr(cfg, "validate", None)
     if validate:
-        validate()
+        validate()  # a config's validate() starts with check_declared(self)
+    else:
+        check_declared(cfg)
     return cfg
 
 

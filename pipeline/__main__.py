@@ -28,12 +28,27 @@ from common.config import config_help, load_stage_config
 
 # command -> (config class, YAML section, runner "module:function", one-line help)
 STAGE_COMMANDS = {
-    "train": ("pipeline.config:TrainConfig", "train", "pipeline.train:main", "fit every (model, fold)"),
-    "predict": ("pipeline.config:PredictConfig", "predict", "pipeline.predict:main", "predict a manifest from runs"),
-    "embed": ("pipeline.config:PredictConfig", "predict", "pipeline.embed:main", "embeddings for kNN retrieval"),
-    "ensemble": ("pipeline.config:EnsembleConfig", "ensemble", "pipeline.ensemble:main", "leaderboard + internal CSV"),
-    "submit": ("pipeline.config:EnsembleConfig", "ensemble", "pipeline.submit:main", "the competition submission"),
-    "export": ("pipeline.config:ExportConfig", "export", "pipeline.export:main", "offline inference bundle"),
+    "train": ("pipeline.config:TrainConfig", "train", "pipeline.train.stage:main", "fit every (model, fold)"),
+    "predict": (
+        "pipeline.config:PredictConfig",
+        "predict",
+        "pipeline.infer.predict:main",
+        "predict a manifest from runs",
+    ),
+    "embed": ("pipeline.config:PredictConfig", "predict", "pipeline.infer.embed:main", "embeddings for kNN retrieval"),
+    "ensemble": (
+        "pipeline.config:EnsembleConfig",
+        "ensemble",
+        "pipeline.ensemble.stage:main",
+        "leaderboard + internal CSV",
+    ),
+    "submit": (
+        "pipeline.config:EnsembleConfig",
+        "ensemble",
+        "pipeline.submit.stage:main",
+        "the competition submission",
+    ),
+    "export": ("pipeline.config:ExportConfig", "export", "pipeline.submit.export:main", "offline inference bundle"),
 }
 
 
@@ -114,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "settings":
         return settings(args.config, args.overrides)
     if args.cmd == "validate":
-        return int(_load("pipeline.validate:main")(args.file, args.sample) or 0)
-    return int(_load("pipeline.compare:main")(args.experiments, args.runs_root, args.out, args.metric) or 0)
+        return int(_load("pipeline.submit.validate:main")(args.file, args.sample) or 0)
+    return int(_load("pipeline.report.compare:main")(args.experiments, args.runs_root, args.out, args.metric) or 0)
 
 
 if __name__ == "__main__":

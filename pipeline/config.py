@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
-from common.config import opt
-from common.errors import ConfigError, close_matches
+from common.config import check_declared, opt
+from common.errors import ConfigError
 
-# valid names of the factories (each factory lists them again in its own one-line error)
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("halve_on_drop", "plateau", "cosine", "step", "none")
+# Valid names are declared once, on the field (``opt(choices=...)``); the factories that build
+# them by name read them from there (``common.config.choices_of``) and a test checks each
+# factory's table has exactly these names.
 CHECKPOINT_METRICS = ("top1", "gap", "loss")
-AUGMENTS = ("default", "rrc", "strong")
-POOLS = ("avg", "gem")
-NECKS = ("none", "linear")
-HEADS = ("linear", "arcface", "subcenter_arcface")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def _auto_bool(stage: str, key: str, value) -> str:
@@ -41,34 +39,42 @@ class TrainConfig:
     k: int = opt(5, help="number of folds of the fold file")
     fold_seed: int = opt(42, help="seed of the fold file")
     # ---- optimisation (seed 001: Adam 5e-4, betas 0.9/0.999, batch 64, 25 epochs, halve on drop)
-    epochs: int = opt(25, help="epochs; raising it continues a finished fold", recipe=False)
-    batch_size: int = opt(64, help="images per optimizer step per process (DDP: per GPU)")
-    optimizer: str = opt("adam", help="adam | adamw | sgd")
-    lr: float = opt(5e-4, help="peak learning rate")
-    beta1: float = opt(0.9, help="Adam/AdamW beta1")
-    beta2: float = opt(0.999, help="Adam/AdamW beta2")
-    momentum: float = opt(0.9, help="SGD momentum")
+    epochs: int = opt(25, help="epochs; raising it continues a finished fold", recipe=False, ge=1)
+    batch_size: int = opt(64, help="images per optimizer step per process (DDP: per GPU)", ge=1)
+    optimizer: str = opt("adam", help="adam | adamw | sgd", choices=("adam", "adamw", "sgd"))
+    lr: float = opt(5e-4, help="peak learning rate", gt=0)
+    beta1: float = opt(0.9, help="Adam/AdamW beta1", ge=0, le=1)
+    beta2: float = opt(0.999, help="Adam/AdamW beta2", ge=0, le=1)
+    momentum: float = opt(0.9, help="SGD momentum", ge=0)
     nesterov: bool = opt(True, help="SGD with Nesterov momentum")
-    weight_decay: float = opt(0.0, help="weight decay (AdamW: decoupled; no decay on norms and biases)")
-    schedule: str = opt("halve_on_drop", help="halve_on_drop (seed 001) | plateau | cosine | step | none")
-    lr_factor: float = opt(0.5, help="LR multiplier of halve_on_drop, plateau and step")
+    weight_decay: float = opt(0.0, help="weight decay (AdamW: decoupled; no decay on norms and biases)", ge=0)
+    schedule: str = opt(
+        "halve_on_drop",
+        help="halve_on_drop (seed 001) | plateau | cosine | step | none",
+        choices=("halve_on_drop", "plateau", "cosine", "step", "none"),
+    )
+    lr_factor: float = opt(0.5, help="LR multiplier of halve_on_drop, plateau and step", ge=0, le=1)
     plateau_patience: int = opt(2, help="plateau: epochs without improvement before the LR drops")
-    plateau_metric: str = opt("top1", help="plateau: the validation metric watched (top1 | gap | loss)")
-    step_epochs: int = opt(10, help="step: multiply the LR by lr_factor every this many epochs")
-    min_lr: float = opt(1e-6, help="floor of plateau and cosine")
-    warmup_epochs: float = opt(0.0, help="linear warm-up from warmup_lr to lr over this many epochs (any schedule)")
-    warmup_lr: float = opt(1e-6, help="LR at the start of the warm-up")
-    accumulate: int = opt(1, help="gradient accumulation: optimizer step every N batches")
-    clip_grad: float | None = opt(None, help="clip the gradient norm to this value (none = off)")
+    plateau_metric: str = opt(
+        "top1", help="plateau: the validation metric watched (top1 | gap | loss)", choices=CHECKPOINT_METRICS
+    )
+    step_epochs: int = opt(10, help="step: multiply the LR by lr_factor every this many epochs", ge=1)
+    min_lr: float = opt(1e-6, help="floor of plateau and cosine", ge=0)
+    warmup_epochs: float = opt(
+        0.0, help="linear warm-up from warmup_lr to lr over this many epochs (any schedule)", ge=0
+    )
+    warmup_lr: float = opt(1e-6, help="LR at the start of the warm-up", ge=0)
+    accumulate: int = opt(1, help="gradient accumulation: optimizer step every N batches", ge=1)
+    clip_grad: float | None = opt(None, help="clip the gradient norm to this value (none = off)", gt=0)
     ema: bool = opt(False, help="keep an EMA of the weights (timm ModelEmaV3); predictions use it")
-    ema_decay: float = opt(0.999, help="EMA decay per optimizer step")
+    ema_decay: float = opt(0.999, help="EMA decay per optimizer step", ge=0, le=1)
     sync_bn: bool = opt(False, help="SyncBatchNorm under DDP (no effect in one process)")
-    checkpoint_metric: str = opt("top1", help="best epoch by validation top1 | gap | loss")
+    checkpoint_metric: str = opt("top1", help="best epoch by validation top1 | gap | loss", choices=CHECKPOINT_METRICS)
     # ---- loss
-    loss: str = opt("ce", help="ce (cross-entropy; margin heads use it on their margin logits)")
-    label_smoothing: float = opt(0.0, help="cross-entropy label smoothing")
+    loss: str = opt("ce", help="ce (cross-entropy; margin heads use it on their margin logits)", choices=("ce",))
+    label_smoothing: float = opt(0.0, help="cross-entropy label smoothing", ge=0, le=1)
     # ---- model
-    img_size: int = opt(224, help="training crop side (seed 001: random crop 224 from the 256 px cache)")
+    img_size: int = opt(224, help="training crop side (seed 001: random crop 224 from the 256 px cache)", ge=8)
     small_input: bool = opt(False, help="CIFAR 3x3 stem without max-pool")
     pretrained: str = opt("false", help="false | true (timm/torchvision weights, needs a cache offline) | PATH")
     init_from: str | None = opt(None, help="start from weights: a .pt file or a run folder (its best.pt)")
@@ -76,31 +82,48 @@ class TrainConfig:
     model_kwargs: dict = opt({}, help="extra keyword arguments of the model builder")
     model_overrides: dict = opt({}, help="per-model changes of any key, e.g. {simple_cnn: {lr: 0.002}}", recipe=False)
     # ---- head (issue: heads and retrieval)
-    pool: str = opt("avg", help="global pooling: avg | gem (learnable p, init 3)")
-    neck: str = opt("none", help="embedding layer: none | linear (Linear-BN-PReLU of embedding_size)")
-    embedding_size: int = opt(512, help="width of the linear neck")
-    head: str = opt("linear", help="classifier: linear | arcface | subcenter_arcface")
-    arcface_s: float = opt(30.0, help="ArcFace scale s")
-    arcface_m: float = opt(0.3, help="ArcFace margin m (the largest margin with dynamic_margin)")
-    subcenters: int = opt(3, help="sub-center ArcFace: sub-centres per class")
+    pool: str = opt("avg", help="global pooling: avg | gem (learnable p, init 3)", choices=("avg", "gem"))
+    neck: str = opt(
+        "none", help="embedding layer: none | linear (Linear-BN-PReLU of embedding_size)", choices=("none", "linear")
+    )
+    embedding_size: int = opt(512, help="width of the linear neck", ge=1)
+    head: str = opt(
+        "linear",
+        help="classifier: linear | arcface | subcenter_arcface",
+        choices=("linear", "arcface", "subcenter_arcface"),
+    )
+    arcface_s: float = opt(30.0, help="ArcFace scale s", gt=0)
+    arcface_m: float = opt(0.3, help="ArcFace margin m (the largest margin with dynamic_margin)", ge=0)
+    subcenters: int = opt(3, help="sub-center ArcFace: sub-centres per class", ge=1)
     dynamic_margin: bool = opt(False, help="per-class margins from class frequency (small classes: larger)")
-    margin_min: float = opt(0.05, help="dynamic margins: margin of the largest class")
+    margin_min: float = opt(0.05, help="dynamic margins: margin of the largest class", ge=0)
     # ---- input and augmentation
-    cache: str = opt("jpeg", help="pixels from: jpeg (resized file cache) | packed (uint8 memmap)")
-    augment: str = opt("default", help="default (crop+flip+jitter, seed 001) | rrc (RandomResizedCrop) | strong")
+    cache: str = opt(
+        "jpeg", help="pixels from: jpeg (resized file cache) | packed (uint8 memmap)", choices=("jpeg", "packed")
+    )
+    augment: str = opt(
+        "default",
+        help="default (crop+flip+jitter, seed 001) | rrc (RandomResizedCrop) | strong",
+        choices=("default", "rrc", "strong"),
+    )
     rrc_scale: list[float] = opt([0.35, 1.0], help="rrc/strong: area range of RandomResizedCrop")
-    crop_padding: int = opt(0, help="zero border before the random crop (CIFAR: 4)")
-    hflip: float = opt(0.5, help="horizontal flip probability")
-    color_jitter: float = opt(0.2, help="brightness/contrast/saturation jitter strength (0 = off)")
-    mixup: float = opt(0.0, help="mixup alpha (0 = off; timm Mixup)")
-    cutmix: float = opt(0.0, help="cutmix alpha (0 = off)")
-    mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on")
-    input_path: str = opt("auto", help="auto | batched (packed cache: one read per batch) | per_item")
+    crop_padding: int = opt(0, help="zero border before the random crop (CIFAR: 4)", ge=0)
+    hflip: float = opt(0.5, help="horizontal flip probability", ge=0, le=1)
+    color_jitter: float = opt(0.2, help="brightness/contrast/saturation jitter strength (0 = off)", ge=0)
+    mixup: float = opt(0.0, help="mixup alpha (0 = off; timm Mixup)", ge=0)
+    cutmix: float = opt(0.0, help="cutmix alpha (0 = off)", ge=0)
+    mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on", ge=0, le=1)
+    input_path: str = opt(
+        "auto",
+        help="auto | batched (packed cache: one read per batch) | per_item",
+        choices=("auto", "batched", "per_item"),
+    )
     ram_cache_mb: float = opt(
         1024,
         help="keep decoded images of the JPEG cache in RAM up to this many MB each for train and val "
         "(0 = off): epochs after the first skip decoding; same pixels, same run (in-process loading)",
         recipe=False,
+        ge=0,
     )
     prefetch: str = opt(
         "auto",
@@ -110,7 +133,9 @@ class TrainConfig:
     )
     num_workers: int = opt(0, help="DataLoader worker processes (recorded; a resume warns on a change)", recipe=False)
     # ---- speed, hardware, bookkeeping
-    mixed_precision: str = opt("auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16")
+    mixed_precision: str = opt(
+        "auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16", choices=PRECISIONS
+    )
     channels_last: str = opt("auto", help="auto | true | false")
     cpu: bool = opt(False, help="force the CPU even with a GPU")
     seed: int = opt(0, help="seed of weights, shuffling and augmentation")
@@ -118,44 +143,22 @@ class TrainConfig:
     resume: bool = opt(True, help="continue from last.pt when present", recipe=False)
     progress: bool = opt(True, help="progress bars (only when the output is a terminal)", recipe=False)
     log_with: str = opt(
-        "none", help="experiment tracking via Accelerate: none | tensorboard | wandb | mlflow", recipe=False
+        "none",
+        help="experiment tracking via Accelerate: none | tensorboard | wandb | mlflow",
+        recipe=False,
+        choices=("none", "tensorboard", "wandb", "mlflow"),
     )
 
+    @property
+    def data_dir(self) -> Path:
+        """``<data_root>/<dataset>``: the folder prep wrote."""
+        return Path(self.data_root) / self.dataset
+
     def validate(self) -> None:
+        """The declared choices and bounds, then what the declarations cannot say."""
+        check_declared(self)
         if not self.models:
             raise ConfigError("train: 'models' is empty")
-        for key in ("epochs", "batch_size", "accumulate", "step_epochs", "subcenters", "embedding_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("lr", "arcface_s"):
-            v = getattr(self, key)
-            if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"train: {key} must be a finite number > 0, got {v}")
-        for key in (
-            "weight_decay",
-            "min_lr",
-            "warmup_epochs",
-            "warmup_lr",
-            "label_smoothing",
-            "mixup",
-            "cutmix",
-            "arcface_m",
-            "margin_min",
-            "ema_decay",
-            "momentum",
-            "color_jitter",
-            "crop_padding",
-            "ram_cache_mb",
-        ):
-            v = getattr(self, key)
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"train: {key} must be a finite number >= 0, got {v}")
-        for key in ("lr_factor", "beta1", "beta2", "hflip", "mix_prob", "ema_decay", "label_smoothing"):
-            v = getattr(self, key)
-            if not 0 <= v <= 1:
-                raise ConfigError(f"train: {key} must be in [0, 1], got {v}")
-        if self.clip_grad is not None and not (math.isfinite(self.clip_grad) and self.clip_grad > 0):
-            raise ConfigError(f"train: clip_grad must be > 0 (or none), got {self.clip_grad}")
         bad = [f for f in self.folds if not -1 <= f < self.k]
         if bad:
             raise ConfigError(f"train: fold(s) {bad} outside 0..{self.k - 1} (or -1 for holdout)")
@@ -165,33 +168,12 @@ class TrainConfig:
             fixed = sorted({"models", "model_overrides", "mixed_precision", "cpu", "log_with"} & set(over))
             if fixed:  # one Accelerator (device, precision) serves every model of a run
                 raise ConfigError(f"train: model_overrides.{name} cannot set {fixed}: they hold for the whole run")
-        for key, valid in (
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("checkpoint_metric", CHECKPOINT_METRICS),
-            ("plateau_metric", CHECKPOINT_METRICS),
-            ("augment", AUGMENTS),
-            ("pool", POOLS),
-            ("neck", NECKS),
-            ("head", HEADS),
-            ("loss", ("ce",)),
-            ("input_path", ("auto", "batched", "per_item")),
-            ("cache", ("jpeg", "packed")),
-            ("mixed_precision", ("auto", "no", "bf16", "fp16")),
-            ("log_with", ("none", "tensorboard", "wandb", "mlflow")),
-        ):
-            if getattr(self, key) not in valid:
-                raise ConfigError(
-                    f"train: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
-                )
         self.channels_last = _auto_bool("train", "channels_last", self.channels_last)
         self.prefetch = _auto_bool("train", "prefetch", self.prefetch)
         p = str(self.pretrained)
         self.pretrained = p.lower() if p.lower() in ("true", "false") else p
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
             raise ConfigError(f"train: rrc_scale must be two numbers 0 < a <= b <= 1, got {self.rrc_scale}")
-        if self.img_size < 8:
-            raise ConfigError(f"train: img_size must be >= 8, got {self.img_size}")
 
     @property
     def use_pretrained(self) -> bool | str:
@@ -219,8 +201,6 @@ class TrainConfig:
 class EnsembleConfig:
     """The ensemble and submit stages (``ensemble:`` section); see pipeline/ensemble.py."""
 
-    METHODS = ("mean", "weighted", "geometric")  # not a field: no annotation
-
     dataset: str = opt("synthetic", help="data set folder under data_root")
     data_root: str = opt("data", help="where prep wrote data/<dataset>/")
     runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
@@ -229,11 +209,13 @@ class EnsembleConfig:
     submissions_dir: str = opt("submissions", help="where submissions are written")
     models: list[str] = opt([], help="models to ensemble; empty = every model with finished folds")
     method: str = opt(
-        "mean", help="mean (equal weights) | weighted (given or fitted weights) | geometric (weighted log-mean)"
+        "mean",
+        help="mean (equal weights) | weighted (given or fitted weights) | geometric (weighted log-mean)",
+        choices=("mean", "weighted", "geometric"),
     )
     weights: list[float] = opt([], help="one weight >= 0 per entry of 'models' (weighted/geometric); empty = equal")
     fit_weights: bool = opt(False, help="fit the weights on the out-of-fold predictions (weighted/geometric)")
-    fit_metric: str = opt("gap", help="what fitted weights maximise on OOF: gap | top1")
+    fit_metric: str = opt("gap", help="what fitted weights maximise on OOF: gap | top1", choices=("gap", "top1"))
     fit_seed: int = opt(0, help="seed of the OOF half split that measures how optimistic the fitted CV is")
     tta: bool = opt(False, help="read <manifest>_tta.npz where present (else the plain file, with a warning)")
     knn: bool = opt(False, help="read the kNN-fused <manifest>_knn.npz of the embed stage (make embed)")
@@ -241,18 +223,19 @@ class EnsembleConfig:
     penalty: str = opt(
         "none", help="none | tune | a strength in [0, 1]: lower the confidence of classes non-landmarks fall into"
     )
-    tune_on: str = opt("oof+pool", help="tune threshold/penalty on: oof+pool | competition (when labelled)")
+    tune_on: str = opt(
+        "oof+pool",
+        help="tune threshold/penalty on: oof+pool | competition (when labelled)",
+        choices=("oof+pool", "competition"),
+    )
+
+    @property
+    def data_dir(self) -> Path:
+        """``<data_root>/<dataset>``: the folder prep wrote."""
+        return Path(self.data_root) / self.dataset
 
     def validate(self) -> None:
-        for key, valid in (
-            ("method", self.METHODS),
-            ("fit_metric", ("gap", "top1")),
-            ("tune_on", ("oof+pool", "competition")),
-        ):
-            if getattr(self, key) not in valid:
-                raise ConfigError(
-                    f"ensemble: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
-                )
+        check_declared(self)
         if self.weights:
             if len(self.weights) != len(self.models):
                 raise ConfigError(
@@ -315,52 +298,53 @@ class PredictConfig:
     tta_scales: list[float] = opt(
         [1.0], help="TTA scales: s = the same view at s x the pixels (cached image resized by s, centre crop)"
     )
-    batch_size: int = opt(64, help="images per forward pass per process")
-    num_workers: int = opt(0, help="DataLoader worker processes")
-    mixed_precision: str = opt("auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16")
+    batch_size: int = opt(64, help="images per forward pass per process", ge=1)
+    num_workers: int = opt(0, help="DataLoader worker processes", ge=0)
+    mixed_precision: str = opt(
+        "auto", help="auto (bf16/fp16 on GPU, bf16 on CPUs with native bf16) | no | bf16 | fp16", choices=PRECISIONS
+    )
     channels_last: str = opt("auto", help="auto | true | false")
     cpu: bool = opt(False, help="force the CPU even with a GPU")
-    probs_dtype: str = opt("float16", help="stored probabilities: float16 (half the disk) | float32")
+    probs_dtype: str = opt(
+        "float16", help="stored probabilities: float16 (half the disk) | float32", choices=("float16", "float32")
+    )
     progress: bool = opt(True, help="progress bar (only when stderr is a terminal)")
     images: str | None = opt(None, help="a folder of your own photos (recursive; id = file stem): top-k CSV")
     out: str | None = opt(
         None, help="images=DIR: the CSV (default predictions_<dir>.csv in runs_root/<experiment>/, bundle: work_dir)"
     )
-    top_k: int = opt(5, help="images=DIR: landmarks per image in the CSV")
+    top_k: int = opt(5, help="images=DIR: landmarks per image in the CSV", ge=1)
     bundle: str | None = opt(None, help="an export bundle folder: predict with its runs instead of runs_root")
     test_root: str | None = opt(None, help="the competition folder, read directly (no prep); writes a workspace")
-    test_format: str = opt("auto", help="test_root layout: auto | glr2020 | glr2019 | folder")
+    test_format: str = opt(
+        "auto",
+        help="test_root layout: auto | glr2020 | glr2019 | folder",
+        choices=("auto", "glr2020", "glr2019", "folder"),
+    )
     work_dir: str = opt("work", help="test_root: workspace <work_dir>/data/<dataset>/ + <work_dir>/runs/<experiment>/")
-    workers: int = opt(2, help="threads decoding and resizing images (images=DIR, test_root=DIR)")
+    workers: int = opt(2, help="threads decoding and resizing images (images=DIR, test_root=DIR)", ge=1)
     # embed stage: embeddings + kNN re-ranking
     knn: bool = opt(True, help="embed: also write kNN-fused predictions (<manifest>_knn.npz)")
-    knn_k: int = opt(10, help="embed: neighbours per query")
+    knn_k: int = opt(10, help="embed: neighbours per query", ge=1)
     knn_power: float = opt(1.0, help="embed: a neighbour votes sim^power for its class")
     knn_alpha: float = opt(1.0, help="embed: fused = clf_prob^alpha * knn_score^beta (when not tuned)")
     knn_beta: float = opt(1.0, help="embed: see knn_alpha")
     knn_tune: bool = opt(True, help="embed: tune alpha/beta for GAP on the OOF rows + the non-landmark pool")
-    knn_compute_dtype: str = opt("float32", help="embed: similarity products in float32 (exact) | bfloat16")
+    knn_compute_dtype: str = opt(
+        "float32", help="embed: similarity products in float32 (exact) | bfloat16", choices=("float32", "bfloat16")
+    )
+
+    @property
+    def data_dir(self) -> Path:
+        """``<data_root>/<dataset>``: the folder prep wrote."""
+        return Path(self.data_root) / self.dataset
 
     def validate(self) -> None:
-        for key in ("batch_size", "top_k", "workers", "knn_k"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"predict: {key} must be >= 1, got {getattr(self, key)}")
-        if self.num_workers < 0:
-            raise ConfigError(f"predict: num_workers must be >= 0, got {self.num_workers}")
+        check_declared(self)
         if not self.tta_scales or not all(math.isfinite(s) and s > 0 for s in self.tta_scales):
             raise ConfigError(f"predict: tta_scales must be numbers > 0, got {self.tta_scales}")
         if len(set(self.tta_scales)) != len(self.tta_scales):
             raise ConfigError(f"predict: tta_scales has a repeated scale: {self.tta_scales}")
-        for key, valid in (
-            ("probs_dtype", ("float16", "float32")),
-            ("mixed_precision", ("auto", "no", "bf16", "fp16")),
-            ("test_format", ("auto", "glr2020", "glr2019", "folder")),
-            ("knn_compute_dtype", ("float32", "bfloat16")),
-        ):
-            if getattr(self, key) not in valid:
-                raise ConfigError(
-                    f"predict: unknown {key} '{getattr(self, key)}' ({close_matches(getattr(self, key), valid)})"
-                )
         self.channels_last = _auto_bool("predict", "channels_last", self.channels_last)
         if self.images and self.test_root:
             raise ConfigError("predict: give images=DIR (your photos) or test_root=DIR (the competition), not both")
@@ -385,3 +369,8 @@ class ExportConfig:
     folds: list[int] = opt([], help="folds to export; empty = every finished fold")
     fuse: bool = opt(True, help="save re-parameterised (fused) weights of models that have reparameterize()")
     wheel: bool = opt(True, help="build the project's wheel into the bundle (offline: pip wheel --no-index)")
+
+    @property
+    def data_dir(self) -> Path:
+        """``<data_root>/<dataset>``: the folder prep wrote."""
+        return Path(self.data_root) / self.dataset

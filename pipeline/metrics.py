@@ -21,7 +21,7 @@ Ties in confidence keep the input order (a stable sort), so the score is reprodu
 
 Consequence worth knowing: P(i) depends only on the answers ranked above i, so removing the
 lowest-ranked answers (a confidence threshold) never raises GAP; what helps against
-non-landmarks is moving their answers DOWN the ranking (see :mod:`pipeline.postprocess`).
+non-landmarks is moving their answers DOWN the ranking (see :mod:`pipeline.ensemble.postprocess`).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pandas as pd
 from common import schema
 from common.config import build_config
 from pipeline.config import EnsembleConfig
-from pipeline.predfile import save_predictions
+from pipeline.runs.predfile import save_predictions
 
 LANDMARKS = [1234, 56789, 77]
 FINGERPRINT = "prep-fp-1"

@@ -12,7 +12,7 @@ import yaml
 
 from common import schema
 from pipeline.metrics import score_all
-from pipeline.predfile import save_predictions
+from pipeline.runs.predfile import save_predictions
 
 
 def synthetic_probs(rng: np.random.Generator, labels: np.ndarray, n_classes: int, skill: float) -> np.ndarray:

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from common.errors import DataError
-from pipeline.analysis import (
+from pipeline.metrics import topk_accuracy
+from pipeline.report.analysis import (
     confusion_classes,
     confusion_matrix,
     per_class_accuracy,
@@ -13,7 +14,6 @@ from pipeline.analysis import (
     per_class_topk,
     write_run_analysis,
 )
-from pipeline.metrics import topk_accuracy
 
 # 6 rows, 3 classes (+ one non-landmark row and one landmark outside the label map)
 PROBS = np.array(

@@ -10,24 +10,12 @@ import torch
 from torchvision.transforms import v2
 
 from common.errors import ConfigError
-from pipeline.augment import (
-    POLICIES,
-    BatchAugment,
-    BatchColorJitter,
-    FastColorJitter,
-    FastRandomResizedCrop,
-    Policy,
-    apply_jitter,
-    build_mixer,
-    get_policy,
-    jitter_factors,
-    mix_seed,
-    register_policy,
-    rrc_boxes,
-    rrc_params,
-)
 from pipeline.config import TrainConfig
-from pipeline.data import build_train_transform
+from pipeline.data.augment import POLICIES, Policy, get_policy, register_policy
+from pipeline.data.batch_augment import BatchAugment, BatchColorJitter, apply_jitter, jitter_factors, rrc_boxes
+from pipeline.data.datasets import build_train_transform
+from pipeline.data.mixup import build_mixer
+from pipeline.data.transforms import FastColorJitter, FastRandomResizedCrop, mix_seed, rrc_params
 
 
 def _cfg(**over) -> TrainConfig:

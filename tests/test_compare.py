@@ -7,8 +7,8 @@ import pytest
 from common.cli import run_main
 from common.errors import ConfigError, DataError
 from pipeline.__main__ import main as cli
-from pipeline.compare import compare_table, default_out, main
-from pipeline.leaderboard import run_info, write_leaderboard
+from pipeline.report.compare import compare_table, default_out, main
+from pipeline.report.leaderboard import run_info, write_leaderboard
 from tests.runfolders import fake_experiment, synthetic_probs, write_run
 
 ENS = [

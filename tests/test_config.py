@@ -174,7 +174,7 @@ def test_recipe_overlays_layer_on_every_data_set_and_keep_its_epochs():
 def test_prefetch_is_auto_on_a_gpu_only_and_validated():
     import torch
 
-    from pipeline.train import resolve_prefetch
+    from pipeline.train.loop import resolve_prefetch
 
     def cfg(value):
         c = TrainConfig(prefetch=value)

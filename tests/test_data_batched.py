@@ -22,27 +22,20 @@ from torch.utils.data import DataLoader
 
 from common.errors import ConfigError, DataError
 from data_prep.packed import build_packed
-from pipeline.augment import (
-    BatchAugment,
-    FastColorJitter,
-    FastHorizontalFlip,
-    FastRandomCrop,
-    ItemPipeline,
-    get_policy,
-)
 from pipeline.config import TrainConfig
-from pipeline.data import (
+from pipeline.data.augment import get_policy
+from pipeline.data.batch_augment import BatchAugment
+from pipeline.data.datasets import (
     BatchedPackedDataset,
     ItemDataError,
     PackedDataset,
     batch_as_is,
     build_dataset,
-    build_eval_loader,
     build_eval_transform,
-    build_train_input,
-    resolve_input_path,
 )
-from pipeline.prefetch import Prefetcher
+from pipeline.data.loaders import build_eval_loader, build_train_input, resolve_input_path
+from pipeline.data.prefetch import Prefetcher
+from pipeline.data.transforms import FastColorJitter, FastHorizontalFlip, FastRandomCrop, ItemPipeline
 from tests.ddp import needs_torchrun, torchrun2
 
 SIDE = 40  # packed side
@@ -372,8 +365,8 @@ import pandas as pd, torch
 from accelerate import Accelerator
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from pipeline.config import TrainConfig
-from pipeline.data import build_eval_loader, build_train_input
-from pipeline.prefetch import Prefetcher
+from pipeline.data.datasets import build_eval_loader, build_train_input
+from pipeline.data.prefetch import Prefetcher
 acc = Accelerator(cpu=True)
 rows = pd.read_csv({str(tmp_path / "rows.csv")!r}, dtype={{"id": str}})
 cfg = TrainConfig(cache="packed", img_size=32, batch_size=4, color_jitter=0.2, seed=1)
@@ -446,7 +439,7 @@ def test_item_error_unwraps_only_the_worker_form():
     wrapped = (
         "Caught ItemDataError in DataLoader worker process 3.\nOriginal Traceback (most recent call last):\n"
         '  File "x.py", line 1, in f\n    raise ItemDataError(...)\n'
-        "pipeline.data.ItemDataError: a.jpg: cannot decode cached image (bad); rerun 'make prep'\n"
+        "pipeline.data.datasets.ItemDataError: a.jpg: cannot decode cached image (bad); rerun 'make prep'\n"
     )
     assert (
         str(ItemDataError(wrapped))

@@ -194,7 +194,7 @@ def test_two_process_schedule_steps_once_per_step_and_logs_once(tmp_path, tiny_d
 def test_two_process_embeddings_cover_every_row_once(tmp_path, tiny_data):
     import numpy as np
 
-    from pipeline.train import fit
+    from pipeline.train.stage import fit
     from tests.test_train import tiny_train_config
 
     fit(tiny_train_config(tiny_data, tmp_path / "runs", epochs=1, limit_train_batches=1, experiment="smoke"),

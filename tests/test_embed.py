@@ -9,9 +9,9 @@ import pytest
 from common import schema
 from common.errors import PipelineError
 from pipeline.config import PredictConfig
-from pipeline.embed import read_embeddings, run_embed, tune_fusion
-from pipeline.predfile import load_predictions
-from pipeline.train import fit
+from pipeline.infer.embed import read_embeddings, run_embed, tune_fusion
+from pipeline.runs.predfile import load_predictions
+from pipeline.train.stage import fit
 from tests.test_train import tiny_train_config
 
 
@@ -59,8 +59,8 @@ def test_fusion_with_beta_zero_is_the_classifier(embedded, tmp_path):
     import dataclasses
 
     cfg = dataclasses.replace(embedded["cfg"], knn_tune=False, knn_alpha=1.0, knn_beta=0.0)
-    from pipeline.embed import knn_run
-    from pipeline.runs import read_run
+    from pipeline.infer.embed import knn_run
+    from pipeline.runs.load import read_run
 
     run = schema.run_dir(embedded["root"], "t", "simple_cnn", 0)
     knn_run(read_run(run, embedded["data"]), cfg, embedded["data"], 6)
@@ -85,7 +85,7 @@ def test_tune_fusion_prefers_the_source_that_ranks_non_landmarks_low():
 def test_ensemble_reads_the_knn_source(embedded):
     from common.errors import DataError
     from pipeline.config import EnsembleConfig
-    from pipeline.ensemble import run_ensemble
+    from pipeline.ensemble.stage import run_ensemble
 
     root = embedded["root"]
     cfg = EnsembleConfig(dataset="tiny", data_root=str(embedded["data"].parent), runs_root=str(root),

@@ -11,20 +11,13 @@ import pytest
 from common import schema
 from common.errors import ConfigError, DataError, PipelineError
 from common.lock import folder_lock
-from pipeline.ensemble import (
-    Checker,
-    answers,
-    blend,
-    discover_runs,
-    finished_runs,
-    fit_weights,
-    objective,
-    pred_paths,
-    run_ensemble,
-    stream_ensemble,
-    submission,
-)
+from pipeline.ensemble.blend import answers, blend, stream_ensemble
+from pipeline.ensemble.frame import submission
+from pipeline.ensemble.inputs import Checker, pred_paths
+from pipeline.ensemble.stage import run_ensemble
+from pipeline.ensemble.weights import fit_weights, objective
 from pipeline.metrics import score_all
+from pipeline.runs.scan import scan
 from tests.ensemble_helpers import LANDMARKS, config, label_map, onehot_probs, run_dir, write_data, write_pred
 
 T_A = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1], [0.1, 0.1, 0.8]])
@@ -50,14 +43,14 @@ def root(tmp_path):
 
 
 def _stream(root, weights, method="mean", manifest="test"):
-    runs = finished_runs(root / "runs", "exp")
+    runs = scan(root / "runs", "exp").finished
     checker = Checker(root / "data" / "ds", label_map())
     return stream_ensemble(pred_paths(runs, manifest), manifest, [weights], method, checker)[0]
 
 
 def test_fold_average_and_model_ensemble(root):
     seen = {}
-    runs = finished_runs(root / "runs", "exp")
+    runs = scan(root / "runs", "exp").finished
     checker = Checker(root / "data" / "ds", label_map())
     mean = stream_ensemble(
         pred_paths(runs, "test"), "test", [{"m1": 0.5, "m2": 0.5}], "mean", checker, lambda n, p: seen.update({n: p})
@@ -191,16 +184,17 @@ def test_submission_rejects_class_count_mismatch():
 
 
 def test_missing_runs_are_clear_errors(tmp_path):
-    with pytest.raises(DataError, match="no runs for experiment 'nope'"):
-        finished_runs(tmp_path, "nope")
+    with pytest.raises(DataError, match="no runs of experiment 'nope'"):
+        scan(tmp_path, "nope")
     (tmp_path / "exp" / "m").mkdir(parents=True)
     with pytest.raises(DataError, match="model 'm' has no finished fold"):
-        finished_runs(tmp_path, "exp", ["m"])
+        scan(tmp_path, "exp", ["m"])
 
 
 def test_unfinished_model_is_warned_and_shown_missing(root, caplog):
     run_dir(root, "m3", 0, done=False)  # started, never finished
-    runs, missing = discover_runs(root / "runs", "exp")
+    found = scan(root / "runs", "exp")
+    runs, missing = found.finished, found.missing
     assert list(runs) == ["m1", "m2"] and "1 started" in missing["m3"]
     with caplog.at_level(logging.WARNING):
         out = run_ensemble(config(root))
@@ -257,7 +251,7 @@ def test_missing_prediction_file_names_it(root):
 def test_tta_files_where_present_else_the_plain_file_with_a_warning(root, caplog):
     flipped = T_A[:, ::-1].copy()
     write_pred(root / "runs" / "exp" / "m1" / "fold0", "test", TEST_IDS, flipped, TEST_LABELS, tta=True)
-    runs = finished_runs(root / "runs", "exp")
+    runs = scan(root / "runs", "exp").finished
     with caplog.at_level(logging.WARNING):
         paths = pred_paths(runs, "test", tta=True)
     assert paths["m1"][0].name == "test_tta.npz" and paths["m1"][1].name == "test.npz"
@@ -291,7 +285,7 @@ def test_the_output_lock_refuses_a_second_ensemble(root):
 
 
 def test_written_prediction_meta_is_what_the_checks_read(root):
-    # the helper writes meta the way pipeline.predict does; old files without meta skip the meta checks
+    # the helper writes meta the way pipeline.infer.predict does; old files without meta skip the meta checks
     p = np.load(root / "runs" / "exp" / "m1" / "fold0" / "test.npz")
     meta = json.loads(str(p["meta"]))
     assert meta["label_map_sha"] == schema.label_map_sha(label_map()) and meta["num_classes"] == 3
@@ -316,7 +310,7 @@ def test_files_without_meta_from_older_runs_still_ensemble(tmp_path):
 def test_streaming_holds_one_prediction_file_at_a_time(root, monkeypatch):
     import weakref
 
-    import pipeline.ensemble as ens
+    import pipeline.ensemble.inputs as ens
 
     alive, most = [0], [0]
 

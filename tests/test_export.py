@@ -21,10 +21,11 @@ import yaml
 from common import schema
 from common.cli import run_main
 from pipeline.config import EnsembleConfig, ExportConfig, PredictConfig
-from pipeline.export import BUNDLE_JSON, BUNDLE_RUNS, PREP_JSON, read_bundle, run_export
-from pipeline.predfile import load_predictions
-from pipeline.predict import run_predict
-from pipeline.runs import load_run
+from pipeline.infer.predict import run_predict
+from pipeline.runs.bundle import BUNDLE_JSON, BUNDLE_RUNS, PREP_JSON, read_bundle
+from pipeline.runs.load import load_run
+from pipeline.runs.predfile import load_predictions
+from pipeline.submit.export import run_export
 from tests.test_predict import train_config
 
 EXP = "x"
@@ -35,7 +36,7 @@ MODELS = ("simple_cnn", "replknet_31t")
 
 @pytest.fixture(scope="module")
 def exported(tiny_data, tmp_path_factory) -> dict:
-    from pipeline.train import fit
+    from pipeline.train.stage import fit
 
     root = tmp_path_factory.mktemp("export")
     runs = root / "runs"
@@ -151,7 +152,7 @@ def test_bundle_predicts_the_run_folders_probabilities_and_submit_runs_on_it(exp
         assert theirs["meta"]["fused"] == (model == "replknet_31t")
 
     # the submit stage runs unchanged on the workspace
-    from pipeline.submit import run_submit
+    from pipeline.submit.stage import run_submit
 
     res = run_submit(
         EnsembleConfig(
@@ -229,7 +230,7 @@ def test_the_wheel_installs_offline_and_predicts_from_the_bundle(exported, tiny_
     p = subprocess.run(pip, capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     where = subprocess.run(
-        [sys.executable, "-c", "import pipeline.predict as m; print(m.__file__)"],
+        [sys.executable, "-c", "import pipeline.infer.predict as m; print(m.__file__)"],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr

@@ -20,7 +20,7 @@ import yaml
 
 from common import schema
 from common.errors import DataError, PipelineError
-from pipeline.train import fit
+from pipeline.train.stage import fit
 from tests.test_train import tiny_train_config
 
 ENV = {
@@ -192,7 +192,7 @@ def test_threads_and_workers_are_recorded_and_a_changed_resume_warns(own_data, t
     saved = yaml.safe_load((out / schema.RUN_CONFIG).read_text())
     assert saved["threads"] == torch.get_num_threads() and saved["num_workers"] == 0
     (out / schema.RUN_DONE).unlink()
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.train.stage"):
         fit(dataclasses.replace(cfg, num_workers=1, epochs=2), "simple_cnn", 0)
     assert "resumed with num_workers=1 (trained with 0)" in caplog.text
 

@@ -6,8 +6,8 @@ import pytest
 
 from common import schema
 from common.errors import ConfigError
-from pipeline.leaderboard import FOLDS_CSV, fold_label, run_info, summarize, write_leaderboard
-from pipeline.plots import plot_curves, score_limits
+from pipeline.report.leaderboard import FOLDS_CSV, fold_label, run_info, summarize, write_leaderboard
+from pipeline.report.plots import plot_curves, score_limits
 from tests.runfolders import fake_experiment, history, write_run
 
 MIN_PNG = 5000  # bytes: a figure with axes, marks and text, not an empty canvas
@@ -152,7 +152,7 @@ def test_score_axis_zooms_on_the_data():
 
 
 def test_experiment_curves_skip_unreadable_metrics(tmp_path):
-    from pipeline.plots import plot_experiment_curves
+    from pipeline.report.plots import plot_experiment_curves
 
     rng = np.random.default_rng(1)
     oof = (np.array(["a"]), np.ones((1, 2), np.float32) / 2, np.array([0]))

@@ -86,7 +86,8 @@ def test_small_input_on_a_model_without_it() -> None:
 
 
 def test_every_builder_is_named_after_its_registry_key_and_duplicates_fail():
-    from pipeline.models.registry import model_info, register_builder
+    from pipeline.models.factory import model_info
+    from pipeline.models.registry import register_builder
 
     assert all(model_info(n).builder.__name__ == n for n in list_models())
     with pytest.raises(ValueError, match="'resnet50' is registered twice"):

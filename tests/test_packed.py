@@ -15,14 +15,14 @@ from common.errors import DataError
 from data_prep.packed import build_packed, open_packed, packed_paths
 from data_prep.prep import run_prep
 from data_prep.readers import gld_image_path
-from pipeline.data import (
+from pipeline.data.datasets import (
     FastColorJitter,
     PackedDataset,
     build_dataset,
     build_eval_transform,
     build_train_transform,
-    make_loader,
 )
+from pipeline.data.loaders import make_loader
 from tests.conftest import gld_prep_config
 
 

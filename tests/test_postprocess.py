@@ -5,9 +5,16 @@ import pandas as pd
 import pytest
 
 from common.errors import DataError
-from pipeline.ensemble import run_ensemble
+from pipeline.ensemble.postprocess import (
+    PostProcess,
+    TuningSet,
+    class_penalty,
+    fit_postprocess,
+    tune_strength,
+    tune_threshold,
+)
+from pipeline.ensemble.stage import run_ensemble
 from pipeline.metrics import gap
-from pipeline.postprocess import PostProcess, TuningSet, class_penalty, fit_postprocess, tune_strength, tune_threshold
 from tests.ensemble_helpers import config, onehot_probs, run_dir, write_data, write_pred
 
 NAN = float("nan")

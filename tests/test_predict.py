@@ -16,10 +16,13 @@ from common import schema
 from common.cli import run_main
 from common.errors import ConfigError, DataError
 from pipeline.config import PredictConfig, TrainConfig
-from pipeline.predfile import load_predictions
-from pipeline.predict import DEFAULT_MANIFESTS, predict_loader, run_predict
-from pipeline.runs import finished_runs, load_run, read_prep_identity
-from pipeline.tta import TTA
+from pipeline.infer.core import predict_loader
+from pipeline.infer.predict import DEFAULT_MANIFESTS, run_predict
+from pipeline.infer.tta import TTA
+from pipeline.runs.load import load_run
+from pipeline.runs.predfile import load_predictions
+from pipeline.runs.prep import read_prep_identity
+from pipeline.runs.scan import finished_runs
 from tests.conftest import tiny_prep_config
 from tests.ddp import needs_torchrun, torchrun2
 
@@ -36,7 +39,7 @@ def train_config(tiny_data, runs_root, **over) -> TrainConfig:
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory) -> dict:
     """Two finished folds of simple_cnn; the training-time OOF predictions kept aside."""
-    from pipeline.train import fit
+    from pipeline.train.stage import fit
 
     root = tmp_path_factory.mktemp("predict_runs")
     for fold in (0, 1):
@@ -130,7 +133,8 @@ def test_finished_runs_filters_and_load_run(runs, tiny_data):
 
 
 def _loader(tiny_data, manifest="test"):
-    from pipeline.data import build_dataset, make_loader
+    from pipeline.data.datasets import build_dataset
+    from pipeline.data.loaders import make_loader
 
     data_dir = tiny_data["data_root"] / "tiny"
     rows = schema.read_manifest(data_dir, manifest)
@@ -141,7 +145,7 @@ def test_tta_views_flip_and_plain(tiny_data, runs, one_thread):
     from accelerate import Accelerator
     from torchvision.transforms.v2 import functional as TF
 
-    from pipeline.data import normalize
+    from pipeline.data.datasets import normalize
 
     acc = Accelerator(cpu=True, mixed_precision="no")
     model = load_run(runs["run0"]).model

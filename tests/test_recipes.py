@@ -14,9 +14,11 @@ from accelerate import Accelerator
 from common import schema
 from common.errors import ConfigError, PipelineError
 from pipeline.config import TrainConfig
-from pipeline.engine import StepParts, new_accelerator, train_one_epoch
-from pipeline.factories import build_loss, build_optimizer, build_schedule, is_better
-from pipeline.train import build_model, fit, init_weights_from
+from pipeline.optim.factories import build_loss, build_optimizer, build_schedule, is_better
+from pipeline.runs.model import build_model, init_weights_from
+from pipeline.runtime import new_accelerator
+from pipeline.train.engine import StepParts, train_one_epoch
+from pipeline.train.stage import fit
 from tests.test_train import tiny_train_config
 
 
@@ -238,7 +240,7 @@ def test_init_from_keeps_the_backbone_and_reinitialises_another_head(tmp_path, c
     torch.manual_seed(2)
     dst = build_model(cfg, "simple_cnn", 6)
     fresh_head = {k: v.clone() for k, v in dst.state_dict().items()}
-    with caplog.at_level(logging.INFO, logger="pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="pipeline.train.stage"):
         skipped = init_weights_from(dst, str(tmp_path / "w.pt"), str(tmp_path))
     assert skipped and "re-initialised" in caplog.text
     for k, v in dst.state_dict().items():
@@ -263,7 +265,7 @@ def test_init_from_a_run_folder_trains_on(tiny_data, tmp_path, one_thread):
 
 
 def test_log_with_tensorboard_writes_events_offline(tiny_data, tmp_path, one_thread):
-    from pipeline.train import run_train
+    from pipeline.train.stage import run_train
 
     cfg = tiny_train_config(tiny_data, tmp_path, epochs=1, limit_train_batches=2, log_with="tensorboard")
     run_train(cfg)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from common.errors import DataError, PipelineError
-from pipeline.retrieval import fuse, knn, knn_class_scores
+from pipeline.infer.retrieval import fuse, knn, knn_class_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

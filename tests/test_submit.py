@@ -10,8 +10,8 @@ import pytest
 from common import schema
 from common.errors import DataError, PipelineError
 from common.lock import folder_lock
-from pipeline.submit import main, run_submit
-from pipeline.validate import validate_submission
+from pipeline.submit.stage import main, run_submit
+from pipeline.submit.validate import validate_submission
 from tests.ensemble_helpers import config, onehot_probs, run_dir, write_data, write_pred
 
 ORDER = ["c5", "c1", "c2", "c0", "c4", "c3"]  # the sample submission's order; c2 is unreadable

@@ -10,9 +10,9 @@ import torch
 from common import schema
 from common.errors import DataError, PipelineError
 from pipeline.config import TrainConfig
-from pipeline.engine import resolve_mixed_precision
-from pipeline.factories import HalveOnDrop, next_lr
-from pipeline.train import fit, run_train
+from pipeline.optim.factories import HalveOnDrop, next_lr
+from pipeline.runtime import resolve_mixed_precision
+from pipeline.train.stage import fit, run_train
 
 
 def tiny_train_config(tiny_data, runs_root, **over) -> TrainConfig:
@@ -145,7 +145,7 @@ def test_bad_inputs_fail_before_training(tiny_data, tmp_path):
 
 
 def test_crop_padding_shifts_small_images():
-    from pipeline.data import build_train_transform
+    from pipeline.data.datasets import build_train_transform
 
     img = torch.full((3, 8, 8), 200, dtype=torch.uint8)
     torch.manual_seed(0)
@@ -156,10 +156,10 @@ def test_crop_padding_shifts_small_images():
 
 
 def test_eta_prices_each_model_at_its_own_rate(monkeypatch):
-    from pipeline.progress import Progress
+    from pipeline.train.progress import Progress
 
     clock = iter([0.0, 1.0, 2.0, 12.0])  # start; then epochs of a fast (1 s) and a slow (10 s) model
-    monkeypatch.setattr("pipeline.progress.time.time", lambda: next(clock))
+    monkeypatch.setattr("pipeline.train.progress.time.time", lambda: next(clock))
     p = Progress({"fast": 2, "slow": 2})
 
     class R:

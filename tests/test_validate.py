@@ -4,7 +4,7 @@ import pytest
 
 from common.errors import DataError
 from pipeline.__main__ import main as cli
-from pipeline.validate import MAX_PER_KIND, check_cell, read_sample_ids, validate_submission
+from pipeline.submit.validate import MAX_PER_KIND, check_cell, read_sample_ids, validate_submission
 
 SAMPLE = "id,landmarks\nb,\na,\nc,\n"
 

@@ -9,15 +9,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pipeline.models.registry import (
-    ModelInfo,
-    check_input_size,
-    create_model,
-    list_models,
-    min_input_size,
-    model_info,
-    register_model,
-)
+from pipeline.models.factory import check_input_size, create_model, min_input_size, model_info
+from pipeline.models.registry import ModelInfo, list_models, register_model
 
 __all__ = [
     "ModelInfo",

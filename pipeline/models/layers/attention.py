@@ -31,13 +31,13 @@ from typing import Any
 
 import torch.nn as nn
 from timm.layers.cbam import CbamModule
-from timm.layers.coord_attn import CoordAttn
 from timm.layers.eca import EcaModule
 from timm.layers.global_context import GlobalContext
 from timm.layers.selective_kernel import SelectiveKernel
 from timm.layers.squeeze_excite import SEModule
 
 from common.errors import ConfigError
+from pipeline.models.layers.coord import CoordinateAttention
 from pipeline.models.layers.triplet import TripletAttention
 
 
@@ -86,19 +86,6 @@ class GlobalContextBlock(GlobalContext):
             fuse_scale=fusion in ("scale", "both"),
             rd_ratio=rd_ratio,
             init_last_zero=True,
-        )
-
-
-class CoordinateAttention(CoordAttn):
-    """Coordinate attention (Hou et al. 2021): pool along H and along W, shared 1x1 transform
-    (BN, h-swish), then one sigmoid gate per direction: ``x * a_h * a_w``."""
-
-    def __init__(self, channels: int, reduction: int = 32, min_channels: int = 8) -> None:
-        super().__init__(
-            channels,
-            rd_channels=max(min_channels, channels // reduction),
-            bias=True,
-            act_layer=nn.Hardswish,
         )
 
 

@@ -200,7 +200,7 @@ class TripletAttention(nn.Module):
         if spatial == "gate":
             self.hw: nn.Module | None = AttentionGate(**opts, squeeze=squeeze, in_channels=channels)
         elif spatial == "coord":
-            from pipeline.models.layers.attention import CoordinateAttention
+            from pipeline.models.layers.coord import CoordinateAttention
 
             self.hw = CoordinateAttention(channels, reduction=coord_reduction)
         else:

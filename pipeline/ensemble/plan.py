@@ -1,0 +1,241 @@
+"""What an ensemble or submission will do, decided once before any file is written: the finished
+runs (:func:`pipeline.runs.scan.scan`), their prediction files, the weights (given or fitted)
+and the post-processing variants with their tuning set."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common import schema
+from common.errors import DataError
+from pipeline.config import EnsembleConfig
+from pipeline.ensemble.blend import blend, stream_ensemble
+from pipeline.ensemble.inputs import Checker, Preds, pred_paths, score_row
+from pipeline.ensemble.postprocess import PostProcess, TuningSet, fit_postprocess
+from pipeline.ensemble.weights import crossfit, fit_weights, objective
+from pipeline.metrics import score_all, top1
+from pipeline.runs.scan import fold_label, scan
+
+log = logging.getLogger(__name__)
+
+
+OOF = "oof"
+
+
+TEST = "test"
+
+
+@dataclass
+class Plan:
+    """Everything resolved from the OOF rows (and the pool) before a manifest is ensembled."""
+
+    cfg: EnsembleConfig
+    label_map: pd.DataFrame
+    checker: Checker
+    runs: dict[str, list[Path]]
+    missing: dict[str, str]
+    weights: dict[str, float]
+    rows: list[dict] = field(default_factory=list)  # leaderboard rows from the OOF files
+    oof: Preds | None = None  # the ensemble's CV set (ids common to every model)
+    fit: dict = field(default_factory=dict)
+    postprocess: dict[str, PostProcess] = field(default_factory=dict)  # variant -> what it applies
+    pp_report: dict[str, dict] = field(default_factory=dict)
+
+    def paths(self, manifest: str, hint: str = "") -> dict[str, list[Path]]:
+        return pred_paths(self.runs, manifest, self.cfg.tta, hint, self.cfg.knn)
+
+    @property
+    def final(self) -> PostProcess:
+        """The post-processing the CSV gets: every configured part."""
+        return self.postprocess[max(self.postprocess, key=len)] if self.postprocess else PostProcess()
+
+    def weights_text(self, w: dict[str, float] | None = None) -> str:
+        return " ".join(f"{m}:{v:.3f}" for m, v in (w or self.weights).items())
+
+
+def _model_oof(name: str, files: list[Path], dirs: list[Path], checker: Checker) -> tuple[Preds, list[dict]]:
+    """A model's OOF rows (folds concatenated, stored precision) and one leaderboard row per fold."""
+    parts, rows = [], []
+    for path, d in zip(files, dirs):
+        p = checker.load(path)
+        rows.append({"model": name, "fold": fold_label(d), "n": len(p["labels"]), **score_all(p["probs"], p["labels"])})
+        parts.append(p)
+    ids = np.concatenate([p["ids"] for p in parts])
+    dup = pd.Series(ids).duplicated()
+    if dup.any():
+        raise DataError(
+            f"model '{name}': id '{ids[int(dup.to_numpy().argmax())]}' is out-of-fold in two folds "
+            "(runs made with different fold files?)"
+        )
+    probs = np.concatenate([p["probs"] for p in parts])
+    return Preds(ids, np.concatenate([p["labels"] for p in parts]), probs, str(files[0])), rows
+
+
+def _align(oofs: dict[str, Preds]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Ids out-of-fold for every model (in the first model's order), their labels, each model's rows."""
+    names = list(oofs)
+    common = set(oofs[names[0]].ids)
+    for n in names[1:]:
+        common &= set(oofs[n].ids)
+    first = oofs[names[0]]
+    keep = np.array([i for i in first.ids if i in common], dtype=first.ids.dtype)
+    parts, labels = [], None
+    for n in names:
+        o = oofs[n]
+        pos = pd.Series(np.arange(len(o.ids)), index=o.ids)[keep].to_numpy()
+        lab = o.labels[pos]
+        if labels is not None and not np.array_equal(lab, labels):
+            i = int(np.flatnonzero(lab != labels)[0])
+            raise DataError(f"{o.source}: id '{keep[i]}' has label {lab[i]}, but {labels[i]} in {first.source}")
+        labels = lab
+        parts.append(o.probs[pos])
+    return keep, labels, parts
+
+
+def _variants(threshold, penalty) -> dict[str, tuple]:
+    """Leaderboard variants of the configured post-processing: name suffix -> (threshold, penalty)."""
+    out = {}
+    if threshold is not None:
+        out["+threshold"] = (threshold, None)
+    if penalty is not None:
+        out["+penalty"] = (None, penalty)
+    if threshold is not None and penalty is not None:
+        out["+penalty+threshold"] = (threshold, penalty)
+    return out
+
+
+def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
+    """Find the runs, check them, resolve the weights and tune the post-processing.
+
+    Reads the OOF files when ``need_oof`` or when fitting/tuning needs them, and the pool
+    (``nonlandmark``) or competition predictions when tuning needs them. Writes nothing.
+    """
+    data_dir = cfg.data_dir
+    label_map = schema.read_label_map(data_dir)
+    checker = Checker(data_dir, label_map)
+    found = scan(cfg.runs_root, cfg.experiment, cfg.models or None)
+    runs, missing = found.finished, found.missing
+    names = list(runs)
+    thr, pen = cfg.threshold_setting, cfg.penalty_setting
+    tune_oof = cfg.tune_on == "oof+pool" and ("tune" in (thr, pen))
+    need_oof = need_oof or cfg.fit_weights or tune_oof
+    if cfg.weights:
+        w = np.asarray(cfg.weights, dtype=float)
+        weights = dict(zip(cfg.models, w / w.sum()))
+    else:
+        weights = {n: 1.0 / len(names) for n in names}
+    plan = Plan(cfg, label_map, checker, runs, missing, weights)
+
+    if need_oof:
+        files = plan.paths(OOF, "out-of-fold predictions are written by training")
+        oofs = {}
+        for name in names:
+            oofs[name], fold_rows = _model_oof(name, files[name], runs[name], checker)
+            plan.rows += fold_rows
+        ids, labels, parts = _align(oofs)
+        if not len(ids) and (cfg.fit_weights or tune_oof):
+            raise DataError(
+                f"{cfg.experiment}: no id is out-of-fold for every model (different folds?): nothing to fit on"
+            )
+        if cfg.fit_weights:
+            _fit(plan, parts, labels)
+        if len(ids):
+            probs = blend(parts, np.array([plan.weights[n] for n in names]), cfg.method)
+            plan.oof = Preds(ids, labels, probs, "oof")
+        else:
+            log.warning("no id is out-of-fold for every model (different folds?): no ensemble CV")
+        for name in names:
+            o = oofs[name]
+            plan.rows.append(score_row(name, "cv", o, weight=float(plan.weights[name])))
+        del oofs, parts
+
+    variants = _variants(thr, pen)
+    if variants:
+        tuning = _tuning_set(plan, need_pool=pen is not None or (thr == "tune" and cfg.tune_on == "oof+pool"))
+        for suffix, (t, p) in variants.items():
+            plan.postprocess[suffix], plan.pp_report[suffix] = fit_postprocess(tuning, t, p)
+            log.info("ensemble%s: %s", suffix, plan.postprocess[suffix].describe())
+    return plan
+
+
+def _fit(plan: Plan, parts: list[np.ndarray], labels: np.ndarray) -> None:
+    """Fit the weights on all OOF rows; measure their optimism by cross-fitting halves."""
+    cfg, names = plan.cfg, list(plan.runs)
+    w, in_sample = fit_weights(parts, labels, cfg.method, cfg.fit_metric)
+    equal_probs = blend(parts, np.full(len(names), 1 / len(names)), cfg.method)
+    plan.weights = dict(zip(names, w))
+    plan.fit = {
+        "metric": cfg.fit_metric,
+        "in_sample": in_sample,
+        "equal": objective(*top1(equal_probs), labels, cfg.fit_metric),
+    }
+    plan.rows.append(
+        {
+            "model": "ensemble-equal",
+            "fold": "cv",
+            "n": len(labels),
+            **score_all(equal_probs, labels),
+            "method": cfg.method,
+        }
+    )
+    del equal_probs
+    if len(labels) >= 4 and len(names) > 1:
+        cf = crossfit(parts, labels, cfg.method, cfg.fit_metric, cfg.fit_seed)
+        plan.fit["crossfit"] = objective(*top1(cf["probs"]), labels, cfg.fit_metric)
+        plan.fit["halves_in_sample"], plan.fit["halves_held_out"] = cf["in_sample"], cf["held_out"]
+        plan.rows.append(
+            {"model": "ensemble", "fold": "cv_crossfit", "n": len(labels), **score_all(cf["probs"], labels)}
+        )
+    log.info(
+        "fitted weights %s: OOF %s %.4f in-sample, %s cross-fitted on halves; equal weights %.4f",
+        plan.weights_text(),
+        cfg.fit_metric,
+        in_sample,
+        f"{plan.fit['crossfit']:.4f}" if "crossfit" in plan.fit else "not",
+        plan.fit["equal"],
+    )
+
+
+def _tuning_set(plan: Plan, need_pool: bool) -> TuningSet:
+    """The answers post-processing is tuned on (OOF rows, or the labelled competition set) and the
+    non-landmark pool's ensemble probabilities (for the per-class penalty)."""
+    cfg = plan.cfg
+    weights = [plan.weights]
+    if cfg.tune_on == "competition":
+        comp = stream_ensemble(
+            plan.paths(schema.COMPETITION, "run 'python -m pipeline predict manifests=competition'"),
+            schema.COMPETITION,
+            weights,
+            cfg.method,
+            plan.checker,
+        )[0]
+        if (comp.labels == schema.UNLABELLED).all():
+            raise DataError(
+                "tune_on=competition needs a labelled competition set (prep with a solution CSV); "
+                "use tune_on=oof+pool or fixed values"
+            )
+        pred, conf, labels = *top1(comp.probs), comp.labels
+        del comp
+    elif plan.oof is not None:
+        pred, conf, labels = *top1(plan.oof.probs), plan.oof.labels
+    else:  # fixed values only: nothing to tune, no report
+        pred, conf, labels = np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64)
+    pool = None
+    if need_pool:
+        pool = stream_ensemble(
+            plan.paths(
+                schema.NONLANDMARK,
+                "the penalty and tuning need the non-landmark pool: run 'python -m pipeline predict "
+                "manifests=nonlandmark' (prep writes the pool when it has non-landmark images)",
+            ),
+            schema.NONLANDMARK,
+            weights,
+            cfg.method,
+            plan.checker,
+        )[0].probs
+    return TuningSet(pred, conf, labels, pool, pool_in_tuning=cfg.tune_on == "oof+pool", seed=cfg.fit_seed)
