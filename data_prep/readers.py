@@ -77,6 +77,14 @@ def gld_image_path(root: Path, image_id: str, subdir: str = "train") -> Path:
     return root / subdir / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
 
 
+def image_paths(root: Path, ids: pd.Series) -> list[str]:
+    """``gld_image_path`` of every id as strings. One f-string per id: a ``Path`` per row costs
+    ~5 us, and pandas' ``.str[i]`` (Python-object strings without pyarrow) loops per element
+    anyway, three times: 6.7 s at GLD v2 clean's 1.58M ids against 0.9 s here."""
+    pre, sep = str(root / "train") + os.sep, os.sep
+    return [f"{pre}{i[0]}{sep}{i[1]}{sep}{i[2]}{sep}{i}.jpg" for i in ids.tolist()]
+
+
 def read_csv_text(path: Path, what: str) -> pd.DataFrame:
     """All-string frame of a CSV; BOM, quoted fields (v1) and padded headers tolerated."""
     if not path.is_file():
@@ -173,8 +181,7 @@ def read_gld_v2(root: str | os.PathLike, label_source: str = "train", check_imag
     if bad_id.any():
         _skip(skipped, lists, "bad_id", df.loc[bad_id, "id"], [str(path)] * int(bad_id.sum()))
         df = df[~bad_id]
-    ids, sep = df["id"], os.sep  # vectorised gld_image_path: a Path per row costs ~5 us
-    src = str(root / "train") + sep + ids.str[0] + sep + ids.str[1] + sep + ids.str[2] + sep + ids + ".jpg"
+    src = pd.Series(image_paths(root, df["id"]), index=df.index, dtype=df["id"].dtype)
     if check_images:
         exists = pd.Series(_present(root, df["id"]), index=df.index)
         if (~exists).any():
