@@ -27,12 +27,22 @@ def _on_gpu(cpu: bool) -> bool:
     return torch.cuda.is_available() and not cpu
 
 
+def gpu_has_native_bf16() -> bool:
+    """True on GPUs with bf16 tensor cores (Ampere and later). ``is_bf16_supported()`` alone also
+    says yes where bf16 is only emulated (T4, P100, V100): there fp16 with a GradScaler is the
+    fast choice, so emulation does not count."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older torch without the keyword: compute capability 8.0 is Ampere
+        return torch.cuda.get_device_capability()[0] >= 8
+
+
 def resolve_mixed_precision(requested: str, cpu: bool = False) -> str:
     """``auto`` -> bf16 on bf16-capable GPUs (else fp16), bf16 on CPUs with native bf16, else no."""
     if requested != "auto":
         return requested
     if _on_gpu(cpu):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if gpu_has_native_bf16() else "fp16"
     return "bf16" if cpu_has_fast_bf16() else "no"
 
 

@@ -1,4 +1,4 @@
-"""The layer rule of ../shared/ARCHITECTURE.md, checked on the import graph of the project.
+"""The layer rule of ../shared/ARCHITECTURE.md (as docs/architecture.md maps it), checked on the import graph of the project.
 
 Every module of ``common``, ``data_prep`` and ``pipeline`` is parsed (not imported); an import
 under ``if TYPE_CHECKING:`` is a type-only import and does not count, an import inside a
@@ -35,8 +35,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # components that read files only: never build or import a network
 NO_MODELS = ("pipeline.ensemble", "pipeline.report", "pipeline.metrics", "pipeline.data", "pipeline.optim")
 
-# functions allowed over 60 lines, each with its reason in ARCHITECTURE.md ("Long functions")
-LONG_FUNCTIONS: set[str] = set()
+# functions allowed over 60 lines, each with its reason in docs/architecture.md ("Size limits")
+LONG_FUNCTIONS: set[str] = {"pipeline.models.van.__init__"}  # docs/architecture.md, "Size limits"
 MAX_FUNCTION_LINES = 60
 MAX_FILE_LINES = 400
 MODEL_DEFINITIONS = ("pipeline/models/",)  # model definitions may be longer files

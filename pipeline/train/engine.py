@@ -67,31 +67,13 @@ def train_one_epoch(
     for step, batch in enumerate(bar):
         if limit_batches is not None and step >= limit_batches:
             break
-        images, target = batch["image"], batch["target"]
-        if parts.device_transform is not None:
-            images = parts.device_transform(images)
-        x = normalize(images, channels_last=channels_last)
-        if parts.mixer is not None:
-            x, target = parts.mixer(x, target)
-        with accelerator.accumulate(model):
-            logits = model(x, batch["target"]) if parts.needs_target else model(x)
-            loss = parts.loss_fn(logits, target)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and parts.clip_grad:
-                accelerator.clip_grad_norm_(model.parameters(), parts.clip_grad)
-            parts.optimizer.step()
-            parts.optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            parts.schedule.after_step()
-            if parts.ema is not None:
-                parts.ema.update(accelerator.unwrap_model(model), step=parts.schedule.steps)
-        loss = loss.detach()
+        loss, n = _step(model, batch, parts, accelerator, channels_last)
         finite = torch.isfinite(loss)
         newly_bad = (first_bad < 0) & ~finite
         first_bad = torch.where(newly_bad, torch.as_tensor(step, device=dev), first_bad)
         bad_loss = torch.where(newly_bad, loss.float(), bad_loss)
-        loss_sum += torch.where(finite, loss, torch.zeros_like(loss)) * len(x)
-        count += len(x)
+        loss_sum += torch.where(finite, loss, torch.zeros_like(loss)) * n
+        count += n
         if step % 10 == 0:
             if single and first_bad.item() >= 0:
                 break  # stop early; reported below
@@ -103,6 +85,29 @@ def train_one_epoch(
         raise Diverged(f"loss {shown} at step {bad}")
     loss_sum, count = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(count, "sum")
     return {"train_loss": (loss_sum / count.clamp_min(1)).item()}
+
+
+def _step(model, batch: dict, parts: StepParts, accelerator: Accelerator, channels_last: bool) -> tuple:
+    """One forward/backward (an optimizer step when accumulation is complete); ``(loss, batch size)``."""
+    images, target = batch["image"], batch["target"]
+    if parts.device_transform is not None:
+        images = parts.device_transform(images)
+    x = normalize(images, channels_last=channels_last)
+    if parts.mixer is not None:
+        x, target = parts.mixer(x, target)
+    with accelerator.accumulate(model):
+        logits = model(x, batch["target"]) if parts.needs_target else model(x)
+        loss = parts.loss_fn(logits, target)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and parts.clip_grad:
+            accelerator.clip_grad_norm_(model.parameters(), parts.clip_grad)
+        parts.optimizer.step()
+        parts.optimizer.zero_grad(set_to_none=True)
+    if accelerator.sync_gradients:
+        parts.schedule.after_step()
+        if parts.ema is not None:
+            parts.ema.update(accelerator.unwrap_model(model), step=parts.schedule.steps)
+    return loss.detach(), len(x)
 
 
 @torch.no_grad()
