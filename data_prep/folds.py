@@ -69,7 +69,7 @@ def make_folds(train: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"id": train["id"].to_numpy(), "fold": fold})
 
 
-def _check_folds(folds: pd.DataFrame, train: pd.DataFrame, k: int, path: Path) -> None:
+def check_folds(folds: pd.DataFrame, train: pd.DataFrame, k: int, path: Path) -> None:
     """Every fold must hold validation rows (training on fold f validates on them): refuse, in one
     line, a train manifest that leaves one empty; log how many classes took the round-robin rule."""
     sizes = np.bincount(folds["fold"].to_numpy(), minlength=k)
@@ -100,7 +100,7 @@ def run_folds(cfg: FoldsConfig) -> Path:
         raise DataError(f"{schema.manifest_path(data_dir, 'train')}: id '{bad}' has label < 0; folds need class labels")
     out = schema.fold_file(cfg.folds_dir, cfg.dataset, cfg.k, cfg.fold_seed)
     folds = make_folds(train, cfg.k, cfg.fold_seed)
-    _check_folds(folds, train, cfg.k, schema.manifest_path(data_dir, "train"))
+    check_folds(folds, train, cfg.k, schema.manifest_path(data_dir, "train"))
     if out.is_file():
         old = schema.read_folds(out)
         if old.equals(folds):
