@@ -1,4 +1,4 @@
-"""kNN retrieval (pipeline/retrieval.py): exact top-k on hand-built galleries, chunking, dtypes,
+"""kNN retrieval (pipeline/infer/retrieval.py): exact top-k on hand-built galleries, chunking, dtypes,
 class scores, fusion, and one-line errors."""
 
 from __future__ import annotations
