@@ -8,10 +8,33 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
+# every variable a user may set; a command-line one close to these is a typo and stops make
+KNOWN_VARS := PYTHON CONSTRAINTS DATASET CONFIG RECIPE EXPERIMENT EXPERIMENTS NAME MODELS FOLDS EPOCHS ARGS \
+              PREP_ARGS GLD_ROOT CIFAR_ROOT TEST_ROOT SOURCE_ROOT CONFIRM
+CLI_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
+ifneq ($(filter-out $(KNOWN_VARS),$(CLI_VARS)),)
+  VAR_TYPOS := $(shell $(PYTHON) -c 'import difflib, sys; known = sys.argv[1].split(); \
+    hits = [(v, difflib.get_close_matches(v.upper(), known, 1, 0.75)) for v in sys.argv[2:]]; \
+    print(", ".join(f"{v} (did you mean {m[0]}?)" for v, m in hits if m))' \
+    "$(KNOWN_VARS)" $(filter-out $(KNOWN_VARS),$(CLI_VARS)))
+  ifneq ($(VAR_TYPOS),)
+    $(error unknown make variable $(VAR_TYPOS); nothing was run (make help lists the variables))
+  endif
+endif
+
 DATASET ?= default
 DATASETS := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
+RECIPE_NAMES := $(sort $(basename $(notdir $(wildcard configs/recipes/*.yaml))))
 CONFIG  ?= configs/$(DATASET).yaml
 RECIPE  ?=
+# a data set whose config reads photos from a folder (paris6k): that folder, to check it exists
+CONFIG_SOURCE = $(firstword $(shell sed -n 's/^ *source_root: *\([^ #]*\).*/\1/p' $(CONFIG) 2>/dev/null))
+# what `make all` says to type next, with the variables this run was given
+NEXT_VARS = $(if $(filter-out default,$(DATASET)), DATASET=$(DATASET))$(if $(RECIPE), RECIPE=$(RECIPE))$(strip \
+            )$(if $(filter command line,$(origin EXPERIMENT)), EXPERIMENT=$(EXPERIMENT))$(if $(NAME), NAME=$(NAME))
+# the submission file `make submit` writes (NAME, or the ensemble name of the config)
+SUBMISSION = submissions/$(or $(NAME),$(firstword $(shell sed -n 's/^ *name: *\([^ #]*\).*/\1/p' $(CONFIG) \
+             2>/dev/null)),default).csv
 ifneq ($(RECIPE),)
   CONFIG_ARGS := --config $(CONFIG) --config configs/recipes/$(RECIPE).yaml
   EXPERIMENT ?= $(DATASET)_$(RECIPE)
@@ -35,6 +58,8 @@ export NO_ALBUMENTATIONS_UPDATE := 1
         test test-fast lint bench models models-names clean clean-runs distclean check-dataset
 
 all: prep folds train ensemble
+	@echo "done: leaderboard and the internal-split CSV (a check of the pipeline, not a submission) in runs/"
+	@echo "next: make predict submit$(NEXT_VARS) -> $(SUBMISSION), the file to upload"
 
 help:
 	@echo "Targets (each sets up .venv on first use):"
@@ -72,7 +97,10 @@ help:
 	@echo "  PREP_ARGS    key=value for prep only, e.g. PREP_ARGS=\"top_k=100 packed=true\""
 	@echo "  GLD_ROOT     GLD v1/v2 folder (DATASET=gld);  CIFAR_ROOT: folder with the CIFAR pickles"
 	@echo "  TEST_ROOT    the competition's test folder (sample_submission.csv + test/a/b/c/<id>.jpg)"
-	@echo "  SOURCE_ROOT  raw data folder for any other source;  EXPERIMENTS: \"a b\" for compare"
+	@echo "  SOURCE_ROOT  raw data folder for any other source (paris6k: one folder per landmark)"
+	@echo "  EXPERIMENTS  \"a b\" for compare;  CONFIRM=yes for clean-runs (all) and distclean"
+	@echo "  PYTHON       the interpreter that creates .venv (python3);  CONSTRAINTS: pin file (constraints.txt)"
+	@echo "A misspelt variable (EPOCH=1) stops make before anything runs; OMP_NUM_THREADS etc. pass through."
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +112,13 @@ setup: $(STAMP)
 
 check-dataset:
 	@test -f "$(CONFIG)" || { echo "error: no config $(CONFIG) for DATASET=$(DATASET) (valid: $(DATASETS))" >&2; exit 2; }
+	@test -z "$(RECIPE)" || test -f "configs/recipes/$(RECIPE).yaml" || { \
+	  echo "error: no recipe configs/recipes/$(RECIPE).yaml for RECIPE=$(RECIPE) (valid: $(RECIPE_NAMES))" >&2; exit 2; }
+	@if [ -n "$(CONFIG_SOURCE)" ] && [ ! -d "$(CONFIG_SOURCE)" ] && [ -z "$(SOURCE_ROOT)" ] \
+	  && [ ! -f data/$(DATASET)/prep_report.json ]; then \
+	  echo "error: DATASET=$(DATASET) reads its photos from $(CONFIG_SOURCE) ($(CONFIG)), not on this machine:" \
+	  "point it at yours with SOURCE_ROOT=/path/to/photos (one folder per landmark: <landmark>/<photo>.jpg)" >&2; \
+	  exit 2; fi
 	@if [ "$(DATASET)" = gld ] && [ -z "$(GLD_ROOT)$(SOURCE_ROOT)" ] && [ ! -f data/gld/prep_report.json ]; then \
 	  echo "error: DATASET=gld needs GLD_ROOT=/path/to/gldv2 (train.csv + train/a/b/c/<id>.jpg)" >&2; exit 2; fi
 	@case "$(DATASET)" in cifar*) if [ -z "$(CIFAR_ROOT)$(SOURCE_ROOT)" ] && [ ! -f data/$(DATASET)/prep_report.json ]; then \

@@ -1,5 +1,6 @@
 """The make interface does what was typed: EXPERIMENT/ARGS reach every stage, help lists every
-target, a wrong DATASET lists the valid ones, and runs are never deleted without asking."""
+target, a wrong DATASET or RECIPE lists the valid ones, a misspelt variable stops make, a missing
+photo folder says how to point at it, and runs are never deleted without asking."""
 
 import re
 import shutil
@@ -55,3 +56,52 @@ def test_runs_are_not_deleted_without_asking(tmp_path):
     p = make("clean-runs")
     assert p.returncode != 0 and "make clean-runs EXPERIMENT=name" in p.stderr
     assert "rm -rf runs" not in make("-n", "clean").stdout
+
+
+def test_misspelt_variables_stop_make_before_anything_runs():
+    p = make("-n", "train", "MODEL=resnet18", "EPOCH=1")
+    assert p.returncode != 0 and not commands(p.stdout, "train"), p.stdout
+    assert "MODEL (did you mean MODELS?)" in p.stderr and "EPOCH (did you mean EPOCHS?)" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    typos = (("FOLD=0", "FOLDS"), ("RECIPES=kaggle", "RECIPE"), ("epochs=1", "EPOCHS"), ("DATSET=x", "DATASET"))
+    for typo, known in typos:
+        p = make("-n", "train", typo)
+        assert p.returncode != 0 and f"did you mean {known}?" in p.stderr, (typo, p.stderr)
+    # a variable close to nothing (an environment setting for the commands) is passed through
+    p = make("-n", "train", "CUDA_VISIBLE_DEVICES=0", "MODELS=resnet18", "EPOCHS=1")
+    (line,) = commands(p.stdout, "train")
+    assert p.returncode == 0 and "models=resnet18" in line and "epochs=1" in line
+
+
+def test_every_known_variable_is_in_help():
+    known = re.search(r"^KNOWN_VARS := (.*(?:\\\n.*)*)", (REPO / "Makefile").read_text(), re.M).group(1)
+    text = make("help").stdout
+    for var in known.replace("\\", " ").split():
+        assert re.search(rf"\b{var}\b", text), var
+
+
+def test_all_ends_with_the_submission_step_not_the_internal_csv():
+    last = make("-n", "all").stdout.strip().splitlines()[-1]
+    assert "make predict submit" in last and "submissions/default.csv" in last, last
+    assert "internal" not in last
+    last = make("-n", "all", "DATASET=paris6k", "RECIPE=kaggle").stdout.strip().splitlines()[-1]
+    assert "make predict submit DATASET=paris6k RECIPE=kaggle" in last and "submissions/paris6k.csv" in last, last
+    last = make("-n", "all", "NAME=mine").stdout.strip().splitlines()[-1]
+    assert "NAME=mine" in last and "submissions/mine.csv" in last, last
+
+
+def test_wrong_recipe_lists_the_recipes():
+    p = make("check-dataset", "RECIPE=kagle")
+    assert p.returncode != 0 and "error: no recipe configs/recipes/kagle.yaml for RECIPE=kagle (valid: " in p.stderr
+    assert "kaggle" in p.stderr and "cosine" in p.stderr
+
+
+def test_missing_photo_folder_says_how_to_point_at_it(tmp_path):
+    cfg = tmp_path / "photos.yaml"
+    cfg.write_text(f"prep:\n  source: imagefolder\n  source_root: {tmp_path / 'absent'}   # the photos\n")
+    p = make("check-dataset", "DATASET=nowhere_xyz", f"CONFIG={cfg}")
+    assert p.returncode != 0 and f"reads its photos from {tmp_path / 'absent'} ({cfg})" in p.stderr, p.stderr
+    assert "SOURCE_ROOT=/path/to/photos" in p.stderr
+    assert make("check-dataset", "DATASET=nowhere_xyz", f"CONFIG={cfg}", f"SOURCE_ROOT={tmp_path}").returncode == 0
+    (tmp_path / "absent").mkdir()
+    assert make("check-dataset", "DATASET=nowhere_xyz", f"CONFIG={cfg}").returncode == 0
