@@ -14,6 +14,7 @@ from common.errors import ConfigError
 # factory's table has exactly these names.
 CHECKPOINT_METRICS = ("top1", "gap", "loss")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+BALANCING = ("none", "sqrt", "inverse")
 
 
 def _auto_bool(stage: str, key: str, value) -> str:
@@ -64,6 +65,8 @@ class TrainConfig:
         0.0, help="linear warm-up from warmup_lr to lr over this many epochs (any schedule)", ge=0
     )
     warmup_lr: float = opt(1e-6, help="LR at the start of the warm-up", ge=0)
+    head_lr_mult: float = opt(1.0, help="LR of pool/neck/head = lr x this (the backbone: lr)", gt=0)
+    layer_decay: float | None = opt(None, help="timm backbones: k layers below the top: lr x this^k", ge=0, le=1)
     accumulate: int = opt(1, help="gradient accumulation: optimizer step every N batches", ge=1)
     clip_grad: float | None = opt(None, help="clip the gradient norm to this value (none = off)", gt=0)
     ema: bool = opt(False, help="keep an EMA of the weights (timm ModelEmaV3); predictions use it")
@@ -79,6 +82,12 @@ class TrainConfig:
     pretrained: str = opt("false", help="false | true (timm/torchvision weights, needs a cache offline) | PATH")
     init_from: str | None = opt(None, help="start from weights: a .pt file or a run folder (its best.pt)")
     freeze_backbone: bool = opt(False, help="train only the classifier (seed 003's fine-tuning run)")
+    freeze_epochs: int = opt(0, help="train only pool/neck/head for the first N epochs, then everything", ge=0)
+    bn_mode: str = opt(
+        "train", help="backbone BatchNorm: train | frozen (stats, affine fixed)", choices=("train", "frozen")
+    )
+    stage_epochs: list[int] = opt([], help="progressive resizing: epochs of each early stage (then img_size)", ge=1)
+    stage_img_sizes: list[int] = opt([], help="image side of each early stage (with stage_epochs)", ge=8)
     model_kwargs: dict = opt({}, help="extra keyword arguments of the model builder")
     model_overrides: dict = opt({}, help="per-model changes of any key, e.g. {simple_cnn: {lr: 0.002}}", recipe=False)
     # ---- head (issue: heads and retrieval)
@@ -113,6 +122,9 @@ class TrainConfig:
     mixup: float = opt(0.0, help="mixup alpha (0 = off; timm Mixup)", ge=0)
     cutmix: float = opt(0.0, help="cutmix alpha (0 = off)", ge=0)
     mix_prob: float = opt(1.0, help="probability of mixing a batch when mixup/cutmix is on", ge=0, le=1)
+    balanced_sampling: str = opt(
+        "none", help="class-balanced sampling: none | sqrt (1/sqrt(n_c)) | inverse (1/n_c)", choices=BALANCING
+    )
     input_path: str = opt(
         "auto",
         help="auto | batched (packed cache: one read per batch) | per_item",
@@ -174,6 +186,13 @@ class TrainConfig:
         self.pretrained = p.lower() if p.lower() in ("true", "false") else p
         if len(self.rrc_scale) != 2 or not 0 < self.rrc_scale[0] <= self.rrc_scale[1] <= 1:
             raise ConfigError(f"train: rrc_scale must be two numbers 0 < a <= b <= 1, got {self.rrc_scale}")
+        if self.freeze_backbone and self.freeze_epochs:
+            raise ConfigError("train: give freeze_backbone (always) or freeze_epochs (the first N epochs), not both")
+        if len(self.stage_epochs) != len(self.stage_img_sizes):
+            raise ConfigError(
+                f"train: stage_epochs {self.stage_epochs} and stage_img_sizes {self.stage_img_sizes} "
+                "need one entry per stage each"
+            )
 
     @property
     def use_pretrained(self) -> bool | str:

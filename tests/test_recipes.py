@@ -12,9 +12,12 @@ import torch
 from accelerate import Accelerator
 
 from common import schema
+from common.config import choices_of
 from common.errors import ConfigError, PipelineError
 from pipeline.config import TrainConfig
-from pipeline.optim.factories import build_loss, build_optimizer, build_schedule, is_better
+from pipeline.optim.loss import LOSSES, build_loss
+from pipeline.optim.optimizer import OPTIMIZERS, build_optimizer
+from pipeline.optim.schedule import CHECKPOINT_METRICS, SCHEDULES, build_schedule, is_better
 from pipeline.runs.model import build_model, init_weights_from
 from pipeline.runtime import new_accelerator
 from pipeline.train.engine import StepParts, train_one_epoch
@@ -64,13 +67,21 @@ def test_unknown_names_are_one_error_listing_the_valid_ones(key, bad, valid):
         ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
         ({"label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\]"),
         ({"accumulate": 0}, "accumulate must be >= 1"),
-        ({"clip_grad": 0.0}, "clip_grad must be > 0"),
+        ({"clip_grad": 0.0}, "clip_grad must be a finite number > 0"),
         ({"rrc_scale": [0.9, 0.5]}, "rrc_scale"),
     ],
 )
 def test_numeric_values_are_checked_up_front(values, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**values).validate()
+
+
+@pytest.mark.parametrize(
+    "key, table",
+    [("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("loss", LOSSES), ("checkpoint_metric", CHECKPOINT_METRICS)],
+)
+def test_each_factory_table_builds_exactly_the_declared_names(key, table):
+    assert set(table) == set(choices_of(TrainConfig, key))
 
 
 def test_optimizers_from_the_factory():
@@ -240,7 +251,7 @@ def test_init_from_keeps_the_backbone_and_reinitialises_another_head(tmp_path, c
     torch.manual_seed(2)
     dst = build_model(cfg, "simple_cnn", 6)
     fresh_head = {k: v.clone() for k, v in dst.state_dict().items()}
-    with caplog.at_level(logging.INFO, logger="pipeline.train.stage"):
+    with caplog.at_level(logging.INFO, logger="pipeline.runs.model"):
         skipped = init_weights_from(dst, str(tmp_path / "w.pt"), str(tmp_path))
     assert skipped and "re-initialised" in caplog.text
     for k, v in dst.state_dict().items():
