@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.schema import OTHER_LANDMARK, UNLABELLED
+from pipeline.scores import TopK, label_rank_topk
 
 NO_ANSWER = -1  # ``pred`` of a query left without an answer (its ``conf`` is NaN)
 _CHUNK = 4096  # rows per block in the row-wise helpers: bounded temporaries for 100k x 1000 arrays
@@ -38,8 +39,11 @@ def label_rank(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """0-based rank of each row's label among its scores (ties: lower class index first).
 
     Equal to the label's position in a stable descending sort, computed block-wise without
-    sorting (no (N, C) index array: 100k x 1000 would be 800 MB).
+    sorting (no (N, C) index array: 100k x 1000 would be 800 MB). For :class:`TopK` scores, a
+    label outside the row's candidates has rank C (a miss).
     """
+    if isinstance(probs, TopK):
+        return label_rank_topk(probs, labels)
     probs, labels = np.asarray(probs), np.asarray(labels)
     out = np.empty(len(labels), dtype=np.int64)
     cols = np.arange(probs.shape[1])
@@ -60,6 +64,8 @@ def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
 
 def top1(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The answer of each row: (argmax class, its score as float64)."""
+    if isinstance(probs, TopK):  # sorted: the first candidate is the argmax
+        return probs.idx[:, 0].astype(np.int64), probs.val[:, 0].astype(np.float64)
     probs = np.asarray(probs)
     pred = probs.argmax(axis=1)
     return pred, probs[np.arange(len(pred)), pred].astype(np.float64)

@@ -21,7 +21,7 @@ PACKAGES = ("common", "data_prep", "pipeline")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("common", ("common",)),
     ("data prep", ("data_prep",)),
-    ("base", ("pipeline.config", "pipeline.metrics", "pipeline.runtime")),
+    ("base", ("pipeline.config", "pipeline.metrics", "pipeline.runtime", "pipeline.scores")),
     ("models", ("pipeline.models",)),
     ("components", ("pipeline.data", "pipeline.optim")),
     ("run folders", ("pipeline.runs",)),

@@ -13,6 +13,7 @@ from common.errors import PipelineError
 from pipeline.config import EnsembleConfig
 from pipeline.ensemble.inputs import Checker, Preds, fold_average
 from pipeline.metrics import top1
+from pipeline.scores import TopK, accumulate, finish
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,24 @@ class Blender:
     """Accumulates the models' probabilities into the ensemble, one model at a time.
 
     ``mean``/``weighted``: ``sum_m w_m p_m``; ``geometric``: ``softmax(sum_m w_m log max(p_m, EPS))``.
-    Weights are normalised by the caller (sum 1). Row blocks keep the temporaries small.
+    Weights are normalised by the caller (sum 1). Row blocks keep the temporaries small. Top-k
+    scores (:class:`~pipeline.scores.TopK`) are summed over the union of the models' candidates;
+    for ``geometric`` a class outside a model's candidates counts as EPS from that model.
     """
 
-    def __init__(self, method: str, shape: tuple[int, int]) -> None:
+    def __init__(self, method: str, shape: tuple[int, int], sparse: bool = False) -> None:
         check_choice("ensemble", "method", method, choices_of(EnsembleConfig, "method"))
         self.method = method
-        self.acc = np.zeros(shape, dtype=np.float32)
+        self.sparse = sparse
+        self.acc = None if sparse else np.zeros(shape, dtype=np.float32)
+        self.k, self.weight = 0, 0.0
 
-    def add(self, probs: np.ndarray, weight: float) -> None:
+    def add(self, probs: np.ndarray | TopK, weight: float) -> None:
         """Add one model's probabilities (left unchanged) with its weight."""
         if weight == 0:
+            return
+        if self.sparse:
+            self._add_topk(probs, weight)
             return
         for s in range(0, len(probs), _CHUNK):
             block = np.array(probs[s : s + _CHUNK], dtype=np.float32)
@@ -46,8 +54,17 @@ class Blender:
             block *= weight
             self.acc[s : s + _CHUNK] += block
 
-    def result(self) -> np.ndarray:
+    def _add_topk(self, probs: TopK, weight: float) -> None:
+        val = probs.val.astype(np.float32)
+        if self.method == "geometric":  # log(p / EPS) >= 0: a missing candidate adds log(EPS / EPS) = 0
+            val = np.log(np.maximum(val, EPS) / EPS)
+        self.acc = accumulate(self.acc, TopK(probs.idx, val, probs.num_classes), weight)
+        self.k, self.weight = max(self.k, probs.k), self.weight + weight
+
+    def result(self) -> np.ndarray | TopK:
         """The ensemble probabilities: finite, within [0, 1] (the accumulator is reused)."""
+        if self.sparse:
+            return self._topk_result()
         acc = self.acc
         if self.method == "geometric":
             for s in range(0, len(acc), _CHUNK):
@@ -60,10 +77,24 @@ class Blender:
             raise PipelineError("ensemble: non-finite probabilities (please report: the inputs were checked)")
         return acc
 
+    def _topk_result(self) -> TopK:
+        acc = self.acc
+        if self.method == "geometric":  # exp of the weighted log-mean, normalised over all C classes
+            valid = acc.idx >= 0
+            log_eps = np.log(EPS) * self.weight
+            g = np.where(valid, np.exp(acc.val.astype(np.float64) + log_eps), 0.0)
+            rest = (acc.num_classes - valid.sum(axis=1)) * np.exp(log_eps)
+            acc = TopK(acc.idx, (g / (g.sum(axis=1) + rest)[:, None]).astype(np.float32), acc.num_classes)
+        out = finish(acc, self.k)
+        np.clip(out.val, 0.0, 1.0, out=out.val)
+        if len(out) and not np.isfinite(out.val.max()):
+            raise PipelineError("ensemble: non-finite probabilities (please report: the inputs were checked)")
+        return out
+
 
 def blend(parts: list[np.ndarray], weights: np.ndarray, method: str) -> np.ndarray:
     """The ensemble of in-memory probability arrays (same rows), float32."""
-    b = Blender(method, parts[0].shape)
+    b = Blender(method, parts[0].shape, isinstance(parts[0], TopK))
     for p, w in zip(parts, weights):
         b.add(p, float(w))
     return b.result()
@@ -90,11 +121,16 @@ def stream_ensemble(
             on_model(name, avg)
         if first is None:
             first = Preds(avg.ids, avg.labels, np.empty((0, 0)), avg.source)
-            blenders = [Blender(method, avg.probs.shape) for _ in weightings]
+            blenders = [Blender(method, avg.probs.shape, isinstance(avg.probs, TopK)) for _ in weightings]
         for b, w in zip(blenders, weightings):
             b.add(avg.probs, w[name])
         del avg
-    return [Preds(first.ids, first.labels, b.result(), first.source) for b in blenders]
+    k = checker.form[0] if checker.form else None  # top-k files: the ensemble keeps their k
+    return [Preds(first.ids, first.labels, _keep(b.result(), k), first.source) for b in blenders]
+
+
+def _keep(probs: np.ndarray | TopK, k: int | None) -> np.ndarray | TopK:
+    return finish(probs, k) if isinstance(probs, TopK) and k else probs
 
 
 def answers(parts: list[np.ndarray], weights: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from common import schema
 from common.errors import DataError
 from pipeline.metrics import score_all
 from pipeline.runs.predfile import load_predictions
+from pipeline.scores import TopK, accumulate
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Checker:
         self.prep_report = Path(data_dir) / schema.PREP_REPORT
         self.data_fp = schema.prep_fingerprint(data_dir)
         self.run_fp: tuple[str, Path] | None = None
+        self.form: tuple[int | None, Path] | None = None  # (k of top-k files, None = dense; first file)
         self.rows: dict[str, tuple[np.ndarray, np.ndarray, Path]] = {}
 
     def load(self, path: Path, manifest: str | None = None) -> dict:
@@ -124,13 +126,27 @@ class Checker:
                     "runs from different preps cannot be ensembled"
                 )
             self.run_fp = self.run_fp or (fp, path)
-        if len(probs):
-            lo, hi = float(probs.min()), float(probs.max())  # NaN propagates: caught below
+        self._same_form(path, probs)
+        values = probs.val if isinstance(probs, TopK) else probs
+        if len(values):
+            lo, hi = float(values.min()), float(values.max())  # NaN propagates: caught below
             if not (lo >= -RANGE_TOL and hi <= 1 + RANGE_TOL):
                 raise DataError(
                     f"{path}: probabilities must be finite and within [0, 1], found min {lo} max {hi} "
                     "(rerun the stage that wrote it)"
                 )
+
+    def _same_form(self, path: Path, probs) -> None:
+        """Files of one ensemble are all dense or all top-k of one k (a mix would rank unlike)."""
+        k = probs.k if isinstance(probs, TopK) else None
+        if self.form is None:
+            self.form = (k, path)
+        elif self.form[0] != k:
+            form = {None: "dense (every class)"}
+            raise DataError(
+                f"{path}: {form.get(k, f'top-{k}')} predictions, but {self.form[1]} holds "
+                f"{form.get(self.form[0], f'top-{self.form[0]}')}: re-predict them with one pred_topk"
+            )
 
     def same_rows(self, manifest: str, path: Path, ids: np.ndarray, labels: np.ndarray) -> None:
         """Every file of a manifest covers the same ids, in the same order, with the same labels."""
@@ -156,15 +172,22 @@ class Checker:
 
 
 def fold_average(paths: list[Path], checker: Checker, manifest: str) -> Preds:
-    """The mean over a model's folds of one manifest, reading one file at a time (float32 sum)."""
+    """The mean over a model's folds of one manifest, reading one file at a time (float32 sum;
+    top-k files: the union of the folds' candidates, see :mod:`pipeline.scores`)."""
     acc: np.ndarray | None = None
     for path in paths:
         p = checker.load(path, manifest)
+        if isinstance(p["probs"], TopK):
+            ids, labels = p["ids"], p["labels"]
+            acc = accumulate(acc, p["probs"], 1.0 / len(paths))
+            continue
         if acc is None:
             acc = np.zeros(p["probs"].shape, dtype=np.float32)
             ids, labels = p["ids"], p["labels"]
         acc += p["probs"]
         del p
+    if isinstance(acc, TopK):  # the exact union; the ensemble keeps the file's k at its end
+        return Preds(ids, labels, acc, str(paths[0]))
     acc /= len(paths)
     return Preds(ids, labels, acc, str(paths[0]))
 

@@ -3,7 +3,10 @@
 Arrays:
 
 * ``ids``    (N,) str: manifest ids, in manifest order;
-* ``probs``  (N, C) float16 or float32: class probabilities (rows sum to 1);
+* ``probs``  (N, C) float16 or float32: class probabilities (rows sum to 1); or, above
+  :data:`pipeline.scores.DENSE_MAX_CLASSES` classes (GLD v2's 81k), the top-k form:
+  ``topk_idx`` (N, k) int32 and ``topk_val`` (N, k) with ``meta`` ``topk``/``num_classes``, read
+  back as a :class:`pipeline.scores.TopK` (see there: nothing GAP or top-5 needs is lost);
 * ``labels`` (N,) int64: the manifest's labels (class index, or a negative value of
   :mod:`common.schema`: NON_LANDMARK, OTHER_LANDMARK, UNLABELLED);
 * ``meta``   0-d str: JSON with where the predictions come from (``manifest``, ``model``,
@@ -25,45 +28,70 @@ import numpy as np
 
 from common.errors import DataError
 from common.io import atomic_write
+from pipeline.scores import TopK, choose_k, topk
 
 
 def save_predictions(
     path: str | Path,
     ids: np.ndarray,
-    probs: np.ndarray,
+    probs: np.ndarray | TopK,
     labels: np.ndarray,
     meta: dict | None = None,
     dtype: str = "float32",
+    k: int = 0,
 ) -> None:
-    """Write a prediction file atomically (refusing non-finite probabilities)."""
-    probs = np.asarray(probs)
-    if probs.ndim != 2 or len(probs) != len(ids) or len(labels) != len(ids):
+    """Write a prediction file atomically (refusing non-finite scores).
+
+    Dense (N, C) probabilities are stored as they are while :func:`~pipeline.scores.choose_k`
+    says so (``k`` 0: up to 1000 classes), else as their top-k; :class:`TopK` scores are stored
+    as top-k."""
+    if not isinstance(probs, TopK):
+        probs = np.asarray(probs)
+        if probs.ndim != 2:
+            raise ValueError(f"predictions: probs must be (N, C), got {probs.shape}")
+        want = choose_k(probs.shape[1], k)
+        if want is not None:
+            probs = topk(probs, want)
+    if len(probs) != len(ids) or len(labels) != len(ids):
         raise ValueError(f"predictions: {len(ids)} ids, probs {probs.shape}, {len(labels)} labels do not match")
-    if not np.isfinite(probs).all():
-        raise DataError(f"{path}: {int((~np.isfinite(probs)).any(axis=1).sum())} rows of non-finite probabilities")
+    values = probs.val if isinstance(probs, TopK) else probs
+    if not np.isfinite(values).all():
+        raise DataError(f"{path}: {int((~np.isfinite(values)).any(axis=1).sum())} rows of non-finite probabilities")
+    meta = dict(meta or {})
+    arrays = {}
+    if isinstance(probs, TopK):
+        meta.update(topk=probs.k, num_classes=probs.num_classes)
+        arrays = {"topk_idx": probs.idx.astype(np.int32), "topk_val": probs.val.astype(dtype)}
+    else:
+        arrays = {"probs": probs.astype(dtype)}
     with atomic_write(path, "wb") as f:
         np.savez(
             f,
             ids=np.asarray(ids).astype(str),
-            probs=probs.astype(dtype),
             labels=np.asarray(labels, dtype=np.int64),
-            meta=np.array(json.dumps(meta or {}, sort_keys=True, default=str)),
+            meta=np.array(json.dumps(meta, sort_keys=True, default=str)),
+            **arrays,
         )
 
 
 def load_predictions(path: str | Path, dtype: str | None = "float32") -> dict:
     """``{"ids", "probs", "labels", "meta"}`` of a prediction file; one DataError line if unreadable.
 
-    ``dtype=None`` keeps the stored precision (float16 stays float16: half the memory).
+    ``probs`` is a dense array, or a :class:`~pipeline.scores.TopK` for a top-k file. ``dtype=None``
+    keeps the stored precision (float16 stays float16: half the memory).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prediction file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
-            out = {k: z[k] for k in ("ids", "probs", "labels")}
+            out = {k: z[k] for k in ("ids", "labels")}
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            if "topk_idx" in z.files:
+                out["probs"] = TopK(z["topk_idx"], z["topk_val"], int(meta["num_classes"]))
+            else:
+                out["probs"] = z["probs"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         reason = f"{type(e).__name__}: {e}"
         raise DataError(f"{path}: unreadable prediction file ({reason}); rerun the stage that wrote it") from None
     if dtype is not None:
