@@ -5,15 +5,17 @@ An experiment file holds one section per stage (``prep:``, ``folds:``, ``train:`
 experiment, k, fold_seed, paths: stated once). It may start from other files with
 ``base: other.yaml`` (or a list; paths relative to the file); only what changes needs to be
 written, and a file's keys beat everything it inherits. Several files can also be given in
-order (``--config data.yaml --config recipe.yaml``). Overrides come as ``key=value`` strings.
-An unknown key anywhere is a :class:`ConfigError` naming the key, the file and close matches;
-the resolved config is saved next to every output (:func:`config_to_dict`).
+order (``--config data.yaml --config recipe.yaml``). Overrides come as ``key=value`` strings;
+``key.sub=value`` sets one entry of a mapping key (``model_kwargs.drop_rate=0.2``). An unknown key
+anywhere is a :class:`ConfigError` naming the key, the file and close matches (the stage's own
+first); the resolved config is saved next to every output (:func:`config_to_dict`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -270,14 +272,54 @@ def build_config(cls: type[T], values: dict, source: str = "config", from_cli: f
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    """``["epochs=3", "models=a,b"]`` -> ``{"epochs": "3", "models": "a,b"}`` (typed later)."""
+    """``["epochs=3", "models=a,b"]`` -> ``{"epochs": "3", "models": "a,b"}`` (typed later; the
+    faces turn ``--key value`` into ``key=value`` first: :func:`common.cli.dashed_overrides`)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            raise ConfigError(f"override '{item}' must look like key=value (or --key value)")
         key, val = item.split("=", 1)
         out[key.strip()] = val.strip()
     return out
+
+
+def _near(key: str, names: typing.Iterable[str]) -> list[str]:
+    """Keys close to ``key``: its leading words first (``lr_rate`` -> ``lr``, which difflib rates
+    too far from it), then difflib's close ones."""
+    words, names = key.split("_"), sorted(names)
+    first = [n for n in names if n in {"_".join(words[:i]) for i in range(1, len(words))} or n.startswith(key + "_")]
+    return list(dict.fromkeys(first + difflib.get_close_matches(key, names, n=5, cutoff=0.6)))
+
+
+def key_hint(key: str, own: set[str], others: dict[str, set[str]]) -> str:
+    """``did you mean`` for an unknown key: keys of the stage the value goes to first, then keys
+    of other stages tagged with their stage (a listing of the stage's keys when nothing is close)."""
+    stage_of_key = {n: stage for stage, names in reversed(others.items()) for n in names - own}
+    hits = (_near(key, own) + [f"{n} ({stage_of_key[n]})" for n in _near(key, stage_of_key)])[:5]
+    return f"did you mean: {', '.join(hits)}?" if hits else close_matches(key, own)
+
+
+def _scalar(raw: str) -> Any:
+    """A command-line value inside a mapping (no declared type): number, bool, list or string."""
+    try:
+        return float(raw) if "." in raw or "e" in raw.lower() else int(raw)  # YAML reads 1e-3 as a string
+    except ValueError:
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
+
+
+def _set_dotted(cls: type, values: dict, key: str, raw: str) -> None:
+    """``model_kwargs.drop_rate=0.2``: one entry of a mapping key, the file's other entries kept."""
+    top, *path = key.split(".")
+    if _strip_optional(typing.get_type_hints(cls)[top])[0] is not dict or not all(path):
+        raise ConfigError(f"command line: {key}={raw}: '{top}' is not a mapping; give {top}=value")
+    node = values[top] = copy.deepcopy(values.get(top) or {})
+    for part in path[:-1]:
+        node[part] = node[part] if isinstance(node.get(part), dict) else {}
+        node = node[part]
+    node[path[-1]] = _scalar(raw)
 
 
 def field_names(cls: type) -> set[str]:
@@ -302,15 +344,15 @@ def load_stage_config(
     shown = " + ".join(str(p) for p in path) if isinstance(path, (list, tuple)) else path
     src = f"{shown or 'defaults'} [{stage}]"
     over = parse_overrides(overrides)
-    elsewhere = set().union(*(field_names(c) for c in other_stages)) if other_stages else set()
+    others = {stage_of(c): field_names(c) for c in other_stages if c is not cls}
     for key in list(over):
-        if key not in names:
-            if key in elsewhere:
+        top = key.split(".")[0]
+        if top not in names:
+            if top in set().union(*others.values()):
                 del over[key]
                 continue
-            raise ConfigError(
-                f"command line: unknown key '{key}' for {stage} ({close_matches(key, names | elsewhere)})"
-            )
+            raise ConfigError(f"command line: unknown key '{key}' for {stage} ({key_hint(top, names, others)})")
+    dotted = {k: over.pop(k) for k in list(over) if "." in k}
     values.update(over)
     # the command line wins over everything, per-model overrides of the files included
     per_model = values.get("model_overrides")
@@ -319,6 +361,9 @@ def load_stage_config(
             m: ({k: v for k, v in o.items() if k not in over} if isinstance(o, dict) else o)
             for m, o in per_model.items()
         }
+    for key, raw in dotted.items():
+        _set_dotted(cls, values, key, raw)
+        over[key.split(".")[0]] = raw
     return build_config(cls, values, src, frozenset(over))
 
 

@@ -203,3 +203,71 @@ def test_a_bad_command_line_value_names_the_command_line_and_lists_take_brackets
         load_stage_config(TrainConfig, "train", CONFIGS / "default.yaml", ["epochs=ten"])
     cfg = load_stage_config(TrainConfig, "train", CONFIGS / "default.yaml", ["models=[resnet18, simple_cnn]"])
     assert cfg.models == ["resnet18", "simple_cnn"]
+
+
+def test_unknown_key_suggests_the_keys_of_its_own_stage_first():
+    from common.stages import stage_configs
+
+    with pytest.raises(ConfigError, match=r"unknown key 'lr_rate' for train \(did you mean: lr, lr_factor\?\)$"):
+        load_stage_config(TrainConfig, "train", None, ["lr_rate=1e-3"], stage_configs())
+    # a key only another stage has is named with that stage
+    with pytest.raises(ConfigError, match=r"for prep \(did you mean: lr \(train\), lr_factor \(train\)\?\)$"):
+        load_stage_config(PrepConfig, "prep", None, ["lr_rate=1e-3"], stage_configs())
+    with pytest.raises(ConfigError, match=r"for train \(did you mean: sample_ratio \(prep\)\?\)$"):
+        load_stage_config(TrainConfig, "train", None, ["sample_ration=1"], stage_configs())
+
+
+def test_dotted_keys_set_one_entry_of_a_mapping(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  epochs: 4\n  model_kwargs: {drop_path_rate: 0.1}\n"
+                    "  model_overrides:\n    simple_cnn: {lr: 0.002, epochs: 9}\n")  # fmt: skip
+    over = ["model_kwargs.drop_rate=0.2", "model_kwargs.act=relu", "model_overrides.resnet18.lr=1e-3", "epochs=2"]
+    cfg = load_stage_config(TrainConfig, "train", path, over)
+    assert cfg.model_kwargs == {"drop_path_rate": 0.1, "drop_rate": 0.2, "act": "relu"}  # the file's entry kept
+    assert cfg.for_model("resnet18").lr == 0.001 and cfg.for_model("resnet18").epochs == 2
+    assert cfg.for_model("simple_cnn").lr == 0.002 and cfg.for_model("simple_cnn").epochs == 2  # epochs=2 wins
+    with pytest.raises(ConfigError, match=r"^command line: lr\.x=1: 'lr' is not a mapping; give lr=value$"):
+        load_stage_config(TrainConfig, "train", path, ["lr.x=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model_kwarg.drop_rate' for train \(did you mean: model_kw"):
+        load_stage_config(TrainConfig, "train", path, ["model_kwarg.drop_rate=0.2"])
+
+
+def test_dashed_key_value_is_the_same_as_key_equals_value():
+    from common.cli import dashed_overrides
+
+    got = dashed_overrides(["train", "--epochs", "3", "--config", "c.yaml", "lr=1", "--model-kwargs.drop_rate=0.2",
+                            "--cpu", "--config=d.yaml", "--models", "a,b"])  # fmt: skip
+    assert got == ["train", "--config", "c.yaml", "--config=d.yaml",
+                   "epochs=3", "lr=1", "model_kwargs.drop_rate=0.2", "cpu=true", "models=a,b"]  # fmt: skip
+    assert dashed_overrides(["verify", "--shallow", "--top_k", "5"]) == ["verify", "--shallow", "top_k=5"]
+    assert dashed_overrides(["compare", "a", "--out", "x"]) == ["compare", "a", "--out", "x"]  # not a stage
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pipeline", "settings", "--epochs", "2", "--config", str(CONFIGS / "default.yaml"),
+           "--models", "resnet18", "folds=0"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=CONFIGS.parent)
+    assert out.returncode == 0 and "models=resnet18 folds=0 epochs=2 " in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("face", ["pipeline", "data_prep"])
+def test_own_flags_of_the_stage_commands_are_the_ones_left_alone(face, capsys):
+    """A new option on a stage command must be added to OWN_FLAGS, or --it would become an override."""
+    import importlib
+    import re
+
+    from common.cli import OVERRIDE_COMMANDS, OWN_FLAGS
+
+    main = importlib.import_module(f"{face}.__main__").main
+    for cmd in OVERRIDE_COMMANDS:
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = capsys.readouterr()
+        if "invalid choice" in text.err:
+            continue  # a command of the other face
+        options = text.out.split("options:")[1].split("\n\n")[0]
+        flags = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", options))
+        assert flags and flags <= set(OWN_FLAGS), (cmd, flags - set(OWN_FLAGS))
+        for flag in flags:  # and each takes as many values as OWN_FLAGS says
+            shown = re.search(rf"{flag}( [A-Z_]+)?[ ,\n]", options + "\n").group(1)
+            assert OWN_FLAGS[flag] == (1 if shown else 0), (cmd, flag)
