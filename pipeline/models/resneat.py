@@ -41,6 +41,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.resnet import ResNet
 
 from pipeline.models.registry import register_model
@@ -49,8 +50,168 @@ from pipeline.models.standard import small_input_stem
 PAPER = "Seed 001 report (ResNeAt); Xie et al. 2017, ResNeXt; Vaswani et al. 2017, attention"
 
 
+# Logits are formed, used and dropped in blocks of at most this many elements (1 MB in bf16), so
+# they stay in the core's cache: whole (B, ch, ch) tensors (67 MB per block in the last stage at
+# batch 8) cost more in fresh-page faults and memory passes than the matmuls that fill them.
+_CHUNK_ELEMENTS = 1 << 19
+
+
+def _reference_scale(au: AttentionUnit, x: torch.Tensor) -> torch.Tensor:
+    """The report's formula as written (eager, one op per symbol): the yardstick of the fused path."""
+    k = au.key(x).flatten(2)  # (B, ch, s)
+    q = au.query(x).flatten(2)  # (B, ch, s)
+    v = au.value(x).mean(dim=(2, 3)).unsqueeze(-1)  # AP -> (B, ch, 1)
+    attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(k.shape[-1]), dim=-1)  # (B, ch, ch)
+    return torch.sigmoid(attn @ v).unsqueeze(-1)
+
+
+def _gram_is_cheaper(width: int, out_chs: int, groups: int, s: int) -> bool:
+    """Whether ``Wq (X X^T) Wk^T`` costs fewer MACs than ``Q K^T`` (with Q, K convs) for this shape.
+
+    Q K^T costs ``ch^2 s`` (+ ``2 ch wg s`` for the convs); through the Gram matrix of the input it
+    costs ``w^2 s + w ch wg + ch^2 wg`` (``wg`` = input channels per group). With ``w = ch / 2``
+    the Gram path is ~4x cheaper while ``s`` is large against ``ch`` (stages 1-3 at 224 px) and
+    dearer in the last stage (ch 2048, s 49).
+    """
+    wg = width // groups
+    direct = out_chs * out_chs * s + 2 * out_chs * wg * s
+    gram = width * width * s + width * out_chs * wg + out_chs * out_chs * wg
+    return gram < direct
+
+
+def _attend_backward(
+    logits: torch.Tensor, v: torch.Tensor, out: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``o = softmax(L) v`` for one block of rows: ``dL_ij = g_i p_ij (v_j - o_i)``, ``dv``.
+
+    ``logits`` (n, r, ch) is overwritten; ``v`` (n, ch, 1), ``out`` and ``grad`` (n, r, 1).
+    """
+    gp = torch.softmax(logits, dim=-1).mul_(grad)  # g_i p_ij
+    dv = gp.sum(dim=1).unsqueeze(-1)
+    return gp.mul_(v.transpose(1, 2) - out), dv
+
+
+def _blocks(batch: int, n_rows: int, row_elems: int, unit: int = 1) -> list[tuple[slice, slice]]:
+    """(batch slice, row slice) pairs covering ``batch x n_rows`` with <= _CHUNK_ELEMENTS logits each.
+
+    Rows are cut in multiples of ``unit`` (the rows of one group in the Gram path); whole items are
+    grouped together when one item's logits fit.
+    """
+    per_item = n_rows * row_elems
+    if per_item <= _CHUNK_ELEMENTS:
+        step = _CHUNK_ELEMENTS // per_item
+        return [(slice(b, b + step), slice(0, n_rows)) for b in range(0, batch, step)]
+    rows = max(unit, _CHUNK_ELEMENTS // row_elems // unit * unit)
+    return [(slice(b, b + 1), slice(r, r + rows)) for b in range(batch) for r in range(0, n_rows, rows)]
+
+
+class _DirectAttention(torch.autograd.Function):
+    """``softmax(q k^T) v`` with ``q, k: (B, ch, s)``, ``v: (B, ch, 1)``, block by block of rows.
+
+    Why a Function: autograd would keep the (B, ch, ch) probabilities for the backward and run
+    softmax, its backward and the bmm backward as separate passes over freshly allocated
+    (B, ch, ch) tensors. Here each block's logits are recomputed in the backward (one bmm) and
+    consumed while in cache.
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kt = k.transpose(1, 2)
+        blocks = _blocks(q.shape[0], q.shape[1], k.shape[1])
+        parts = [torch.bmm(torch.softmax(torch.bmm(q[b, r], kt[b]), dim=-1), v[b]) for b, r in blocks]
+        out = _assemble(parts, blocks, (q.shape[0], q.shape[1], 1))
+        ctx.save_for_backward(q, k, v, out)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v, out = ctx.saved_tensors
+        grad = grad.to(out.dtype)
+        dq = q.new_empty(q.shape)
+        dk = k.new_zeros(k.shape, dtype=_acc(k))  # summed over row blocks: at least fp32
+        dv = v.new_zeros(v.shape, dtype=_acc(v))
+        kt = k.transpose(1, 2)
+        for b, r in _blocks(q.shape[0], q.shape[1], k.shape[1]):
+            dlogits, dv_part = _attend_backward(torch.bmm(q[b, r], kt[b]), v[b], out[b, r], grad[b, r])
+            dq[b, r] = torch.bmm(dlogits, k[b])
+            dk[b] += torch.bmm(dlogits.transpose(1, 2), q[b, r])
+            dv[b] += dv_part
+        return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+class _GramAttention(torch.autograd.Function):
+    """``softmax(L) v`` with ``L = Wq N`` (``Wq`` block-diagonal, one (og, wg) block per group).
+
+    ``wq``: (g, og, wg), ``n``: (B, g, wg, ch) (``N = X X^T Wk^T``), ``v``: (B, ch, 1). The rows
+    of group h of L are ``wq[h] @ n[:, h]``: logits are formed a few groups at a time, as in
+    :class:`_DirectAttention`, and each group's ``dn`` is written once (no accumulation).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
+    def forward(ctx, wq: torch.Tensor, n: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        batch, g, _, ch = n.shape
+        og = wq.shape[1]
+        blocks = _blocks(batch, g * og, ch, unit=og)
+        parts = [torch.bmm(torch.softmax(_group_logits(wq, n, b, r, og), dim=-1), v[b]) for b, r in blocks]
+        out = _assemble(parts, blocks, (batch, ch, 1))
+        ctx.save_for_backward(wq, n, v, out)
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        wq, n, v, out = ctx.saved_tensors
+        grad = grad.to(out.dtype)
+        batch, g, _, ch = n.shape
+        og = wq.shape[1]
+        dwq = wq.new_zeros(wq.shape, dtype=_acc(wq))
+        dn = n.new_empty(n.shape)
+        dv = v.new_zeros(v.shape, dtype=_acc(v))
+        for b, r in _blocks(batch, g * og, ch, unit=og):
+            logits = _group_logits(wq, n, b, r, og)
+            dlogits, dv_part = _attend_backward(logits, v[b], out[b, r], grad[b, r])
+            groups = slice(r.start // og, r.stop // og)
+            dl = dlogits.view(dlogits.shape[0], -1, og, ch)  # (nb, gc, og, ch)
+            w_blk, n_blk = wq[groups].to(dl.dtype), n[b, groups]
+            dwq[groups] += torch.matmul(dl, n_blk.transpose(-1, -2)).sum(dim=0)
+            dn[b, groups] = torch.matmul(w_blk.transpose(-1, -2), dl)
+            dv[b] += dv_part
+        return dwq.to(wq.dtype), dn, dv.to(v.dtype)
+
+
+def _group_logits(wq: torch.Tensor, n: torch.Tensor, b: slice, r: slice, og: int) -> torch.Tensor:
+    """Rows ``r`` (whole groups) of ``L = Wq N`` for the batch items ``b``: (nb, rows, ch)."""
+    groups = slice(r.start // og, r.stop // og)
+    n_blk = n[b, groups]
+    logits = torch.matmul(wq[groups].to(n_blk.dtype), n_blk)  # (nb, gc, og, ch)
+    return logits.view(logits.shape[0], -1, logits.shape[-1])
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Accumulator dtype for sums over blocks: fp32 for bf16/fp16 inputs, the input's own otherwise."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _assemble(parts: list[torch.Tensor], blocks: list[tuple[slice, slice]], shape: tuple[int, ...]) -> torch.Tensor:
+    """One (B, ch, 1) tensor from the per-block results."""
+    out = parts[0].new_empty(shape)
+    for part, (b, r) in zip(parts, blocks):
+        out[b, r] = part
+    return out
+
+
 class AttentionUnit(nn.Module):
-    """AU_C(x) without the residual: ``sigmoid(softmax(Q K^T / sqrt(s)) V) * O``."""
+    """AU_C(x) without the residual: ``sigmoid(softmax(Q K^T / sqrt(s)) V) * O``.
+
+    :meth:`scale` computes the report's formula (kept as :func:`_reference_scale`) in a cheaper
+    but equal order: ``AP(CV(x)) = CV(AP(x))`` (a 1x1 conv without bias commutes with the mean),
+    ``1/sqrt(s)`` folded into the query weights (ch x wg numbers, not ch x s), and the logits either
+    as ``Q K^T`` through :class:`_ChannelSoftmaxAttention` or, where :func:`_gram_is_cheaper`,
+    as ``Wq (X X^T) Wk^T`` with the grouped weights applied group by group.
+    """
 
     def __init__(
         self,
@@ -63,6 +224,7 @@ class AttentionUnit(nn.Module):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
+        self.groups = groups
         self.key = nn.Conv2d(in_chs, out_chs, 1, groups=groups, bias=False, **dd)
         self.query = nn.Conv2d(in_chs, out_chs, 1, groups=groups, bias=False, **dd)
         self.value = nn.Conv2d(in_chs, out_chs, 1, groups=groups, bias=False, **dd)
@@ -71,11 +233,30 @@ class AttentionUnit(nn.Module):
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, ch, 1, 1) channel scale in (0, 1)."""
-        k = self.key(x).flatten(2)  # (B, ch, s)
-        q = self.query(x).flatten(2)  # (B, ch, s)
-        v = self.value(x).mean(dim=(2, 3)).unsqueeze(-1)  # AP -> (B, ch, 1)
-        attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(k.shape[-1]), dim=-1)  # (B, ch, ch)
-        return torch.sigmoid(attn @ v).unsqueeze(-1)
+        width, s = x.shape[1], x.shape[2] * x.shape[3]
+        ch, g = self.key.out_channels, self.groups
+        v = F.conv2d(x.mean(dim=(2, 3), keepdim=True), self.value.weight, groups=g).flatten(1).unsqueeze(-1)
+        wq = self.query.weight * (1.0 / math.sqrt(s))  # (ch, wg, 1, 1): the smaller operand
+        if _gram_is_cheaper(width, ch, g, s):
+            n = self._gram_times_key(x)
+            out = _GramAttention.apply(wq.view(g, ch // g, width // g), n, v.to(n.dtype))
+        else:
+            q = F.conv2d(x, wq, groups=g).flatten(2)
+            k = self.key(x).flatten(2)
+            out = _DirectAttention.apply(q, k, v.to(q.dtype))
+        return torch.sigmoid(out).unsqueeze(-1)
+
+    def _gram_times_key(self, x: torch.Tensor) -> torch.Tensor:
+        """``N = (X X^T) Wk^T`` as (B, g, wg, ch), so that ``Q K^T = Wq N`` group by group."""
+        b, w = x.shape[:2]
+        ch, g = self.key.out_channels, self.groups
+        wg, og = w // g, ch // g
+        xf = x.flatten(2)  # (B, w, s)
+        gram = torch.bmm(xf, xf.transpose(1, 2))  # (B, w, w)
+        wk = self.key.weight.view(g, og, wg)
+        # the columns of group h of X X^T only meet Wk's block h: (B, g, w, wg) @ (g, wg, og)
+        n = torch.matmul(gram.view(b, w, g, wg).transpose(1, 2), wk.transpose(1, 2).to(gram.dtype))
+        return n.transpose(1, 2).reshape(b, g, wg, ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale(x) * self.norm(self.out(x))
