@@ -20,6 +20,7 @@ from tqdm import tqdm
 from common.errors import PipelineError
 from pipeline.data.datasets import normalize
 from pipeline.metrics import score_all
+from pipeline.scores import TopK, choose_k, topk
 
 
 class Diverged(PipelineError):
@@ -111,33 +112,51 @@ def _step(model, batch: dict, parts: StepParts, accelerator: Accelerator, channe
 
 
 @torch.no_grad()
-def predict(model, loader, accelerator: Accelerator, channels_last: bool = False) -> dict[str, np.ndarray]:
-    """Softmax probabilities for every item of ``loader`` (gathered, no duplicates)."""
+def predict(model, loader, accelerator: Accelerator, channels_last: bool = False, k: int = 0) -> dict:
+    """Softmax probabilities for every item of ``loader`` (gathered, no duplicates).
+
+    Above 1000 classes (:func:`pipeline.scores.choose_k`; ``k`` > 0 forces a k) each batch is cut to
+    its top-k classes before it is gathered, so no (N, C) matrix is ever held: ``probs`` is then a
+    :class:`~pipeline.scores.TopK`. ``label_prob`` is each row's probability of its own label (the
+    validation loss needs it whatever the form)."""
     model.eval()
-    probs, targets, ids = [], [], []
+    probs, targets, ids, label_probs = [], [], [], []
+    want: int | None | bool = False  # decided at the first batch, when C is known
     for batch in loader:
         logits = model(normalize(batch["image"], channels_last=channels_last)).float()
-        p, t, i = accelerator.gather_for_metrics((logits.softmax(dim=1), batch["target"], batch["id"]))
-        probs.append(p.cpu())
+        p = logits.softmax(dim=1)
+        p_label = p.gather(1, batch["target"].clamp_min(0).to(p.device).view(-1, 1)).squeeze(1)
+        p, t, i, pl = accelerator.gather_for_metrics((p, batch["target"], batch["id"], p_label))
+        if want is False:
+            want = choose_k(p.shape[1], k)
+        p = p.cpu().numpy().astype(np.float32)
+        probs.append(p if want is None else topk(p, want))
         targets.append(t.cpu())
         ids.append(i.cpu())
+        label_probs.append(pl.cpu())
+    if want is None or want is False:
+        scores = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
+    else:
+        idx, val = np.concatenate([b.idx for b in probs]), np.concatenate([b.val for b in probs])
+        scores = TopK(idx, val, probs[0].num_classes)
     return {
-        "probs": torch.cat(probs).numpy().astype(np.float32),
+        "probs": scores,
         "labels": torch.cat(targets).numpy(),
         "index": torch.cat(ids).numpy(),
+        "label_prob": torch.cat(label_probs).numpy().astype(np.float32),  # as the dense rows: same loss
     }
 
 
-def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = False) -> tuple[dict, dict]:
+def evaluate(model, loader, accelerator: Accelerator, channels_last: bool = False, k: int = 0) -> tuple[dict, dict]:
     """Validation metrics (loss, top1, top5, gap) and the raw predictions."""
-    out = predict(model, loader, accelerator, channels_last)
+    out = predict(model, loader, accelerator, channels_last, k)
     labels, probs = out["labels"], out["probs"]
-    if not np.isfinite(probs).all():
+    if not np.isfinite(probs.val if isinstance(probs, TopK) else probs).all():
         raise Diverged("non-finite validation probabilities")
     known = labels >= 0
     metrics = {"val_loss": float("nan")}
     if known.any():
-        p = np.clip(probs[known, labels[known]], 1e-12, 1.0)
+        p = np.clip(out["label_prob"][known], 1e-12, 1.0)
         metrics["val_loss"] = float(-np.log(p).mean())
         metrics.update({f"val_{k}": v for k, v in score_all(probs, labels).items()})
     return metrics, out
