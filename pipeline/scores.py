@@ -71,6 +71,11 @@ class TopK:
         return out
 
 
+def concat(parts: list[TopK]) -> TopK:
+    """The rows of several :class:`TopK` blocks (one C, one k) one after the other."""
+    return TopK(np.concatenate([b.idx for b in parts]), np.concatenate([b.val for b in parts]), parts[0].num_classes)
+
+
 def topk(probs: np.ndarray, k: int) -> TopK:
     """The ``k`` best classes of each row of a dense matrix (block-wise)."""
     probs = np.asarray(probs)

@@ -23,7 +23,9 @@ from pipeline.data.datasets import build_dataset, normalize
 from pipeline.data.loaders import make_loader
 from pipeline.infer.tta import TTA, check_tta
 from pipeline.runs.load import RunInfo, check_run, load_run, read_run
+from pipeline.runs.predfile import WEIGHTS_KEY, weights_sha
 from pipeline.runs.prep import PrepIdentity
+from pipeline.scores import choose_k, concat, topk
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,12 @@ def predict_loader(
     progress: bool = False,
     desc: str = "predict",
     forward: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    k: int = 0,
 ) -> dict[str, np.ndarray]:
     """Softmax probabilities of every dataset row, in dataset order (gathered, each row once).
+
+    Above 1000 classes (:func:`pipeline.scores.choose_k`, ``k`` > 0 forces one) each gathered
+    batch keeps its top-k classes only, so no (N, C) matrix is held: ``probs`` is a ``TopK``.
 
     ``loader`` yields uncropped cached images ``{"image", "target", "id"}`` (``id`` = row
     position); the eval crop and the TTA views are made here, on the device, per batch.
@@ -57,6 +63,7 @@ def predict_loader(
     forward = forward or _softmax
     model.eval()
     probs, targets, index = [], [], []
+    want: int | None = None  # top-k of softmax outputs at scale; embeddings (forward) stay dense
     show = progress and sys.stderr.isatty() and accelerator.is_local_main_process
     for batch in tqdm(loader, desc=desc, leave=False, disable=not show, mininterval=1.0):
         p = None
@@ -66,7 +73,9 @@ def predict_loader(
             p = out if p is None else p + out
         p = p / tta.n_views
         p, t, i = accelerator.gather_for_metrics((p, batch["target"], batch["id"]))
-        probs.append(p.cpu())
+        if not probs and forward is _softmax:
+            want = choose_k(p.shape[1], k)
+        probs.append(p.cpu() if want is None else topk(p.cpu().numpy().astype(np.float32), want))
         targets.append(t.cpu())
         index.append(i.cpu())
     n = len(loader.dataset)
@@ -74,6 +83,8 @@ def predict_loader(
     if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
         raise PipelineError(f"{desc}: gathered {len(idx)} predictions for {n} rows (a row missing or repeated)")
     order = np.argsort(idx, kind="stable")
+    if want is not None:
+        return {"probs": concat(probs)[order], "labels": torch.cat(targets).numpy()[order], "index": idx[order]}
     return {
         "probs": torch.cat(probs).numpy().astype(np.float32)[order],
         "labels": torch.cat(targets).numpy()[order],
@@ -147,7 +158,8 @@ def iter_predictions(
 
 
 def prediction_meta(info: RunInfo, manifest: str, tta: TTA, prep: PrepIdentity, accelerator, **extra) -> dict:
-    """``meta`` of a prediction file: where the predictions come from (see pipeline.runs.predfile)."""
+    """``meta`` of a prediction file: where the predictions come from (see pipeline.runs.predfile),
+    the sha256 of the ``best.pt`` included, so the ensemble can refuse files of older weights."""
     return {
         "model": info.model_name,
         "fold": info.fold,
@@ -159,6 +171,7 @@ def prediction_meta(info: RunInfo, manifest: str, tta: TTA, prep: PrepIdentity, 
         "img_size": info.cfg.img_size,
         "fused": info.fused,
         "precision": accelerator.mixed_precision,
+        WEIGHTS_KEY: weights_sha(info.weights),  # hashed once per run (cached): stale files are refused later
         **extra,
     }
 

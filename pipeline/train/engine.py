@@ -20,7 +20,7 @@ from tqdm import tqdm
 from common.errors import PipelineError
 from pipeline.data.datasets import normalize
 from pipeline.metrics import score_all
-from pipeline.scores import TopK, choose_k, topk
+from pipeline.scores import TopK, choose_k, concat, topk
 
 
 class Diverged(PipelineError):
@@ -137,8 +137,7 @@ def predict(model, loader, accelerator: Accelerator, channels_last: bool = False
     if want is None or want is False:
         scores = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
     else:
-        idx, val = np.concatenate([b.idx for b in probs]), np.concatenate([b.val for b in probs])
-        scores = TopK(idx, val, probs[0].num_classes)
+        scores = concat(probs)
     return {
         "probs": scores,
         "labels": torch.cat(targets).numpy(),
