@@ -9,11 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from common.config import check_choice
 from common.errors import ConfigError, DataError
+from pipeline.config import BALANCING
 from pipeline.data.augment import get_policy
 from pipeline.data.batch_augment import BatchAugment, BatchColorJitter
 from pipeline.data.datasets import (
@@ -73,6 +76,18 @@ def resolve_input_path(cfg) -> str:
     return "batched"
 
 
+def balanced_sampler(labels: np.ndarray, mode: str, generator: torch.Generator) -> WeightedRandomSampler | None:
+    """Class-balanced sampling (``balanced_sampling``): ``len(labels)`` rows per epoch drawn with
+    replacement, row weight ``1/n_c`` (``inverse``: every class equally often) or ``1/sqrt(n_c)``
+    (``sqrt``: halfway); ``none``: None (plain shuffling). ``generator`` is reseeded every epoch."""
+    if mode == "none":
+        return None
+    check_choice("train", "balanced_sampling", mode, BALANCING)
+    counts = np.bincount(labels)[labels].astype(np.float64)
+    weights = 1.0 / (counts if mode == "inverse" else np.sqrt(counts))
+    return WeightedRandomSampler(torch.as_tensor(weights), len(labels), replacement=True, generator=generator)
+
+
 @dataclass
 class TrainInput:
     """What the training loop needs from the input side.
@@ -107,8 +122,8 @@ def build_train_input(
 
     The batched path jitters colours in the loader on a CPU (overlapped by the prefetch thread)
     and on the device on a GPU (``jitter_on_device`` overrides that choice, for tests).
-    Shuffling: a private generator reseeded by ``set_epoch``; ``drop_last`` when there is more
-    than one batch (as before).
+    Shuffling (or class-balanced sampling, :func:`balanced_sampler`): a private generator reseeded
+    by ``set_epoch``; ``drop_last`` when there is more than one batch (as before).
     """
     if len(rows) == 0:
         raise DataError(f"{data_dir}: no training rows")
@@ -126,11 +141,13 @@ def build_train_input(
         ds = build_dataset(data_dir, rows, policy.item(cfg), cfg.cache, seed=cfg.seed, ram_cache_mb=cfg.ram_cache_mb)
         collate = None
     g = torch.Generator()
+    sampler = balanced_sampler(rows["label"].to_numpy(), cfg.balanced_sampling, g)
     loader = DataLoader(
         ds,
         batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=g,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=g if sampler is None else None,
         drop_last=len(ds) > cfg.batch_size,
         num_workers=cfg.num_workers,
         persistent_workers=False,  # workers must copy the dataset (its epoch) at every epoch start

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import asdict, dataclass, field
@@ -18,13 +19,16 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from common import schema
-from common.errors import DataError, PipelineError
+from common.errors import ConfigError, DataError, PipelineError
 from common.io import write_yaml
 from pipeline.config import TrainConfig
 from pipeline.data.datasets import fold_rows
 from pipeline.data.loaders import build_eval_loader, build_train_input
 from pipeline.data.mixup import build_mixer
-from pipeline.optim.factories import build_loss, build_optimizer, build_schedule
+from pipeline.optim.freeze import BackboneFreeze, freeze_batchnorm
+from pipeline.optim.loss import build_loss
+from pipeline.optim.optimizer import build_optimizer
+from pipeline.optim.schedule import build_schedule
 from pipeline.runs.checkpoints import load_checkpoint
 from pipeline.runs.identity import ensure_fold_file
 from pipeline.runs.model import build_model, init_weights_from
@@ -52,6 +56,8 @@ class Run:
     loaders: dict  # val, test (+ nonlandmark): prepared eval loaders
     channels_last: bool
     info: dict = field(default_factory=dict)  # params, macs, input path
+    freeze: BackboneFreeze | None = None  # freeze_epochs: the frozen warm-up
+    stage: int = 0  # the progressive-resizing stage the inputs are built for
 
     @property
     def tag(self) -> str:
@@ -118,18 +124,57 @@ def _profile(model: torch.nn.Module, img_size: int) -> dict:
     return info
 
 
-def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerator: Accelerator, ident: dict) -> Run:
-    """Data, model and the recipe's parts (optimizer, schedule, loss, mixup, EMA), prepared by Accelerate."""
-    data_dir = cfg.data_dir
-    label_map = schema.read_label_map(data_dir)
-    rows = load_rows(cfg, fold, label_map)
-    pool = [schema.NONLANDMARK] if schema.NONLANDMARK in rows else []
-    check_cached_images(data_dir, ["train", "val", "test", *pool], cfg.cache)
-    channels_last = resolve_channels_last(cfg.channels_last, cfg.cpu)
-    counts = rows["train"]["label"].value_counts().reindex(range(len(label_map)), fill_value=0).tolist()
+def stage_at(cfg: TrainConfig, epoch: int) -> tuple[int, int]:
+    """``(stage, img_size)`` of 0-based ``epoch``: the early stages of ``stage_epochs`` /
+    ``stage_img_sizes`` in order, then ``img_size`` to the end (stage ``len(stage_epochs)``)."""
+    end = 0
+    for i, (n, size) in enumerate(zip(cfg.stage_epochs, cfg.stage_img_sizes)):
+        end += n
+        if epoch < end:
+            return i, size
+    return len(cfg.stage_epochs), cfg.img_size
 
+
+def _build_inputs(run: Run, stage: int, accelerator: Accelerator) -> None:
+    """The train input and the validation loader at the image side of ``stage``, prepared."""
+    cfg = run.cfg
+    size = ([*cfg.stage_img_sizes, cfg.img_size])[stage]
+    stage_cfg = dataclasses.replace(cfg, img_size=size) if size != cfg.img_size else cfg
+    old = [run.train_input.loader, run.loaders["val"]] if run.train_input is not None else []
+    run.train_input = build_train_input(cfg.data_dir, run.rows["train"], stage_cfg)
+    val = build_eval_loader(cfg.data_dir, run.rows["val"], stage_cfg, ram_cache=True)
+    run.train_input.loader, run.loaders["val"] = accelerator.prepare(run.train_input.loader, val)
+    registered = getattr(accelerator, "_dataloaders", [])  # let the last stage's loaders (RAM cache) go
+    for loader in old:
+        if loader in registered:
+            registered.remove(loader)
+    run.stage = stage
+    if cfg.stage_epochs:
+        log.info("%s: stage %d of %d, img_size %d", run.tag, stage + 1, len(cfg.stage_epochs) + 1, size)
+
+
+def enter_stage(run: Run, epoch: int, accelerator: Accelerator) -> None:
+    """Before ``epoch``: rebuild the inputs when it starts another stage (or a resume lands in one),
+    and freeze or thaw the backbone (``freeze_epochs``)."""
+    stage, _ = stage_at(run.cfg, epoch)
+    if stage != run.stage:
+        _build_inputs(run, stage, accelerator)
+    if run.freeze is not None:
+        frozen = run.freeze.set_epoch(epoch)
+        if not frozen and epoch == run.freeze.epochs:
+            log.info("%s: the backbone trains from epoch %d on (freeze_epochs=%d)", run.tag, epoch + 1, epoch)
+
+
+def _build_network(cfg: TrainConfig, model_name: str, counts: list[int], channels_last: bool,
+                   accelerator: Accelerator) -> tuple[torch.nn.Module, list, dict]:  # fmt: skip
+    """The model (init_from, SyncBatchNorm, frozen BatchNorm applied), its head modules and size."""
+    from pipeline.models import check_input_size
+    from pipeline.models.utils import head_modules
+
+    for size in cfg.stage_img_sizes:
+        check_input_size(model_name, size, cfg.small_input)
     set_seed(cfg.seed)  # weights are a function of the seed alone
-    model = build_model(cfg, model_name, len(label_map), channels_last, class_counts=counts)
+    model = build_model(cfg, model_name, len(counts), channels_last, class_counts=counts)
     if cfg.init_from:
         init_weights_from(model, cfg.init_from, cfg.runs_root)
     info = _profile(model, cfg.img_size)
@@ -139,12 +184,36 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
             log.info("%s: BatchNorm layers synchronised across %d processes", model_name, accelerator.num_processes)
         else:  # torch's SyncBatchNorm refuses CPU modules
             log.warning("sync_bn=true has no effect on %s (SyncBatchNorm needs GPUs)", accelerator.device)
-    optimizer = build_optimizer(model, cfg)
-    train_input = build_train_input(data_dir, rows["train"], cfg)
-    eval_names = [s for s in ("val", "test", schema.NONLANDMARK) if s in rows]
-    eval_loaders = [build_eval_loader(data_dir, rows[s], cfg, ram_cache=s == "val") for s in eval_names]
-    model, optimizer, train_loader, *prepared = accelerator.prepare(model, optimizer, train_input.loader, *eval_loaders)
-    train_input.loader = train_loader
+    head = head_modules(model)
+    if (cfg.bn_mode == "frozen" or cfg.freeze_epochs) and not (cfg.use_pretrained or cfg.init_from):
+        log.warning("%s: bn_mode=frozen / freeze_epochs without pretrained weights or init_from: the backbone "
+                    "starts from random weights", model_name)  # fmt: skip
+    if cfg.bn_mode == "frozen":
+        freeze_batchnorm(model, head)
+    return model, head, info
+
+
+def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerator: Accelerator, ident: dict) -> Run:
+    """Data, model and the recipe's parts (optimizer, schedule, loss, mixup, EMA), prepared by Accelerate."""
+    data_dir = cfg.data_dir
+    label_map = schema.read_label_map(data_dir)
+    rows = load_rows(cfg, fold, label_map)
+    pool = [schema.NONLANDMARK] if schema.NONLANDMARK in rows else []
+    check_cached_images(data_dir, ["train", "val", "test", *pool], cfg.cache)
+    channels_last = resolve_channels_last(cfg.channels_last, cfg.cpu)
+    counts = rows["train"]["label"].value_counts().reindex(range(len(label_map)), fill_value=0).tolist()
+    if cfg.freeze_epochs and accelerator.num_processes > 1:  # DDP fixes the trained tensors when it wraps
+        raise ConfigError("train: freeze_epochs needs one process (DDP cannot thaw a frozen backbone); use 0")
+    model, head, info = _build_network(cfg, model_name, counts, channels_last, accelerator)
+    optimizer = build_optimizer(model, cfg, head=head)
+    freeze = BackboneFreeze(model, head, cfg.freeze_epochs) if cfg.freeze_epochs else None
+    eval_names = [s for s in ("test", schema.NONLANDMARK) if s in rows]
+    eval_loaders = [build_eval_loader(data_dir, rows[s], cfg) for s in eval_names]
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *eval_loaders)
+    run = Run(cfg, model_name, fold, out, ident, label_map, rows, model, None, None, dict(zip(eval_names, prepared)),
+              channels_last, info, freeze, stage=-1)  # fmt: skip
+    _build_inputs(run, 0, accelerator)
+    train_loader = run.train_input.loader
     batches = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader), cfg.limit_train_batches)
     accelerator.gradient_accumulation_steps = cfg.accumulate
     schedule = build_schedule(optimizer, cfg, math.ceil(batches / cfg.accumulate))
@@ -153,21 +222,18 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay)
-    parts = StepParts(
+    run.parts = StepParts(
         optimizer=optimizer,
         loss_fn=build_loss(cfg),
         schedule=schedule,
         mixer=build_mixer(cfg, len(label_map)),
-        device_transform=train_input.device_transform,
+        device_transform=run.train_input.device_transform,
         ema=ema,
         clip_grad=cfg.clip_grad,
         needs_target=bool(getattr(accelerator.unwrap_model(model), "needs_target", False)),
     )
-    info["input_path"] = train_input.path
-    return Run(
-        cfg, model_name, fold, out, ident, label_map, rows, model, parts, train_input,
-        dict(zip(eval_names, prepared)), channels_last, info,
-    )  # fmt: skip
+    info["input_path"] = run.train_input.path
+    return run
 
 
 def _eval_model(run: Run, accelerator: Accelerator) -> torch.nn.Module:

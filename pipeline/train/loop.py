@@ -1,8 +1,10 @@
 """The epoch loop: train, validate, step the schedule, checkpoint.
 
-Every epoch reseeds all generators from ``(seed, epoch)``, so a resumed run equals an
-uninterrupted one. The epoch's files (checkpoints, metrics.csv, curves.png) are snapshotted
-and written by a background thread while the next epoch trains.
+Every epoch reseeds all generators from ``(seed, epoch)`` and derives its stage (image side of
+progressive resizing, frozen or trained backbone) from the epoch alone, so a resumed run equals
+an uninterrupted one, also when it resumes into a later stage. The epoch's files (checkpoints,
+metrics.csv, curves.png) are snapshotted and written by a background thread while the next
+epoch trains.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from common import schema
 from common.errors import PipelineError
 from common.io import write_csv
 from pipeline.config import TrainConfig
-from pipeline.optim.factories import CHECKPOINT_METRICS, is_better
+from pipeline.optim.schedule import CHECKPOINT_METRICS, is_better
 from pipeline.runs.checkpoints import checkpoint_state, write_checkpoint
-from pipeline.train.build import Run, RunState, _eval_model, _weights
+from pipeline.train.build import Run, RunState, _eval_model, _weights, enter_stage, stage_at
 from pipeline.train.engine import Diverged, evaluate, train_one_epoch
 from pipeline.train.progress import Progress
 
@@ -100,11 +102,15 @@ def _one_epoch(run: Run, state: RunState, epoch: int, accelerator: Accelerator, 
     """Train, validate, step the schedule, hand this epoch's files to the writer, log."""
     cfg = run.cfg
     t0 = time.time()
+    enter_stage(run, epoch, accelerator)  # progressive resizing, frozen warm-up: a function of the epoch
     set_seed(cfg.seed + 1000 * (epoch + 1))  # augmentation and dropout: a function of (seed, epoch)
     run.train_input.set_epoch(epoch)  # shuffle order and the input path's own generators: same
     if run.parts.mixer is not None:
         run.parts.mixer.set_epoch(epoch)
     row = {"epoch": epoch + 1, "lr": run.parts.schedule.lr}
+    if cfg.stage_epochs:  # only then: the columns of other runs stay as they were
+        stage, size = stage_at(cfg, epoch)
+        row.update(stage=stage + 1, img_size=size)
     try:
         row.update(
             train_one_epoch(
