@@ -115,10 +115,11 @@ def merge(parts: list[TopK], weights: list[float], k: int | None = None) -> TopK
 
 def _sum_by_row_and_class(cand: np.ndarray, score: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the summed score of every distinct candidate class: (R, U) arrays padded with -1."""
-    r, m = cand.shape
-    key = (np.arange(r, dtype=np.int64)[:, None] * c + cand).ravel()
+    r = len(cand)
+    valid = cand >= 0  # -1: padding of a row with fewer candidates (see _best_k)
+    key = (np.arange(r, dtype=np.int64)[:, None] * c + cand)[valid]
     uniq, inverse = np.unique(key, return_inverse=True)
-    sums = np.bincount(inverse, weights=score.ravel().astype(np.float64)).astype(np.float32)
+    sums = np.bincount(inverse, weights=score[valid].astype(np.float64)).astype(np.float32)
     row, cls = uniq // c, (uniq % c).astype(np.int32)
     start = np.searchsorted(row, np.arange(r))
     pos = np.arange(len(uniq)) - start[row]

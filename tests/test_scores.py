@@ -68,3 +68,14 @@ def test_a_label_outside_the_candidates_is_a_miss():
     t = TopK(np.array([[4, 2]], dtype=np.int32), np.array([[0.7, 0.2]], dtype=np.float32), 9)
     assert score_all(t, np.array([5]))["top5"] == 0.0
     assert score_all(t, np.array([2]))["top5"] == 1.0
+
+
+def test_merge_skips_the_padding_of_rows_with_few_candidates():
+    """A merged row with fewer distinct classes than k is padded with class -1 (score 0); merging
+    it again must not count the padding as a class of the previous row."""
+    a = TopK(np.array([[2, 5], [2, 5]], dtype=np.int32), np.array([[0.5, 0.5], [0.9, 0.1]], dtype=np.float32), 8)
+    m = merge([a, a], [0.5, 0.5], k=3)  # 2 distinct classes per row: one padding slot
+    assert m.idx[:, 2].tolist() == [-1, -1] and m.val[:, 2].tolist() == [0, 0]
+    again = merge([m, m], [0.5, 0.5], k=3)
+    np.testing.assert_array_equal(again.idx, m.idx)
+    np.testing.assert_allclose(again.val, m.val)
