@@ -52,6 +52,8 @@ def ref_subsample(rows, ratio, seed, min_per_class=0, max_per_class=None):
 
 def ref_split(rows, val_frac, test_frac, seed):
     rng, split = np.random.default_rng(seed + 1), pd.Series("train", index=rows.index, dtype=object)
+    if "split" in rows:  # an official test set (CIFAR) stays test; the rest gives only val
+        split[rows["split"] == "test"], rows, test_frac = "test", rows[rows["split"] != "test"], 0.0
     for _, grp in rows.groupby("landmark_id", sort=True):
         n = len(grp)
         n_test, n_val = int(round(n * test_frac)), int(round(n * val_frac))
@@ -86,8 +88,10 @@ def test_vectorised_selection_draws_what_the_per_class_code_drew(seed):
     for ratio, cap, floor in ((1.0, None, 0), (0.3, None, 2), (0.8, 4, 0), (1.0, 10, 0)):
         got = select.subsample(rows, ratio, seed, floor, cap)
         assert got.equals(ref_subsample(rows, ratio, seed, floor, cap)), (ratio, cap, floor)
+    official = rows.assign(split=np.where(np.arange(len(rows)) % 4 == 0, "test", "train"))
     for val, test in ((0.125, 0.125), (0.3, 0.4), (0.0, 0.25)):
         assert select.stratified_split(rows, val, test, seed).equals(ref_split(rows, val, test, seed))
+        assert select.stratified_split(official, val, test, seed).equals(ref_split(official, val, test, seed))
     for k in (2, 5):
         train = pd.DataFrame({"id": rows["id"].to_numpy(), "label": rows["landmark_id"].to_numpy()})
         np.testing.assert_array_equal(make_folds(train, k, seed)["fold"], ref_folds(train["label"].to_numpy(), k, seed))
