@@ -26,7 +26,7 @@ import pandas as pd
 
 from common.errors import DataError
 from common.io import write_csv
-from pipeline.report.plots import plot_confusion, plot_per_class
+from pipeline.report.plots_classes import plot_confusion, plot_per_class
 
 log = logging.getLogger(__name__)
 

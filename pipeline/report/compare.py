@@ -38,7 +38,7 @@ from pipeline.report.leaderboard import (
     sig,
     summarize,
 )
-from pipeline.report.plots import plot_compare
+from pipeline.report.plots_compare import plot_compare
 from pipeline.runs.scan import fold_label, is_done, run_dirs
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ Outputs, all written atomically:
   bf16 trains in bf16 under ``mixed_precision: auto``, one without in fp32: results differ,
   so the precision is shown. Models that ``info`` marks ``missing`` get a row saying so.
 * ``leaderboard_folds.csv``: the per-(model, fold) rows as given (plus best epoch per fold).
-* ``leaderboard.png``: the scores per model (:func:`pipeline.report.plots.plot_leaderboard`).
-* ``curves.png``: the validation curves of every model (:func:`pipeline.report.plots.plot_experiment_curves`).
+* ``leaderboard.png``: the scores per model (:func:`pipeline.report.plots_leaderboard.plot_leaderboard`).
+* ``curves.png``: the validation curves of every model (:func:`pipeline.report.plots_curves.plot_experiment_curves`).
 
 ``run_info`` says what the runs were, from ``summary.json``/``config.yaml`` of each fold.
 Reads files only; never imports the models.
@@ -35,7 +35,8 @@ import yaml
 from common import schema
 from common.errors import ConfigError, DataError
 from common.io import write_csv, write_text
-from pipeline.report.plots import plot_experiment_curves, plot_leaderboard
+from pipeline.report.plots_curves import plot_experiment_curves
+from pipeline.report.plots_leaderboard import plot_leaderboard
 from pipeline.runs.scan import fold_label, is_done, model_folders, run_dirs
 
 log = logging.getLogger(__name__)
