@@ -236,12 +236,17 @@ class EnsembleConfig:
     fit_weights: bool = opt(False, help="fit the weights on the out-of-fold predictions (weighted/geometric)")
     fit_metric: str = opt("gap", help="what fitted weights maximise on OOF: gap | top1", choices=("gap", "top1"))
     fit_seed: int = opt(0, help="seed of the OOF half split that measures how optimistic the fitted CV is")
+    fit_method: str = opt(
+        "cv", help="cv (the best on cross-fitted OOF) | equal | best | greedy | shrink0.75/0.5/0.25 | coordinate",
+        choices=("cv", "equal", "best", "greedy", "shrink0.75", "shrink0.5", "shrink0.25", "coordinate"),
+    )  # fmt: skip
     tta: bool = opt(False, help="read <manifest>_tta.npz where present (else the plain file, with a warning)")
     knn: bool = opt(False, help="read the kNN-fused <manifest>_knn.npz of the embed stage (make embed)")
     threshold: str = opt("none", help="none | tune | a confidence in [0, 1]: lower answers are left empty")
     penalty: str = opt(
         "none", help="none | tune | a strength in [0, 1]: lower the confidence of classes non-landmarks fall into"
     )
+    landmarkness: str = opt("none", help="none | tune | a in [0, 1]: conf * (top-1 train-photo similarity)^(16 a)")
     tune_on: str = opt(
         "oof+pool",
         help="tune threshold/penalty on: oof+pool | competition (when labelled)",
@@ -269,7 +274,7 @@ class EnsembleConfig:
             raise ConfigError("ensemble: method 'weighted' needs 'weights' or fit_weights=true")
         if self.weights and self.fit_weights:
             raise ConfigError("ensemble: give 'weights' or fit_weights=true, not both")
-        for key in ("threshold", "penalty"):  # parsed now: a bad value is one error at load time
+        for key in ("threshold", "penalty", "landmarkness"):  # parsed now: a bad value is one error at load time
             self._setting(key, getattr(self, key))
 
     @staticmethod

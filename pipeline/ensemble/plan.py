@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from common import schema
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from pipeline.config import EnsembleConfig
 from pipeline.ensemble.blend import blend, stream_ensemble
 from pipeline.ensemble.inputs import Checker, Preds, pred_paths, score_row
 from pipeline.ensemble.postprocess import PostProcess, TuningSet, fit_postprocess
-from pipeline.ensemble.weights import crossfit, fit_weights, objective
+from pipeline.ensemble.weights import check_weights, crossfit, normalise, objective, select_weights
 from pipeline.metrics import score_all, top1
 from pipeline.runs.scan import fold_label, scan
 
@@ -115,6 +115,9 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
     Reads the OOF files when ``need_oof`` or when fitting/tuning needs them, and the pool
     (``nonlandmark``) or competition predictions when tuning needs them. Writes nothing.
     """
+    twice = sorted({m for m in cfg.models if cfg.models.count(m) > 1})
+    if twice:  # a model counted twice would get two weights under one name
+        raise ConfigError(f"ensemble: model(s) {', '.join(twice)} listed twice in 'models' ({','.join(cfg.models)})")
     data_dir = cfg.data_dir
     label_map = schema.read_label_map(data_dir)
     checker = Checker(data_dir, label_map)
@@ -125,8 +128,7 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
     tune_oof = cfg.tune_on == "oof+pool" and ("tune" in (thr, pen))
     need_oof = need_oof or cfg.fit_weights or tune_oof
     if cfg.weights:
-        w = np.asarray(cfg.weights, dtype=float)
-        weights = dict(zip(cfg.models, w / w.sum()))
+        weights = dict(zip(cfg.models, normalise(cfg.weights)))
     else:
         weights = {n: 1.0 / len(names) for n in names}
     plan = Plan(cfg, label_map, checker, runs, missing, weights)
@@ -154,6 +156,7 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
             plan.rows.append(score_row(name, "cv", o, weight=float(plan.weights[name])))
         del oofs, parts
 
+    check_weights(plan.weights)
     variants = _variants(thr, pen)
     if variants:
         tuning = _tuning_set(plan, need_pool=pen is not None or (thr == "tune" and cfg.tune_on == "oof+pool"))
@@ -164,15 +167,19 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
 
 
 def _fit(plan: Plan, parts: list[np.ndarray], labels: np.ndarray) -> None:
-    """Fit the weights on all OOF rows; measure their optimism by cross-fitting halves."""
+    """Fit the weights on the OOF rows (:func:`select_weights`: the candidates, each cross-fitted
+    on halves, the configured or best one kept, guarded by the best single member)."""
     cfg, names = plan.cfg, list(plan.runs)
-    w, in_sample = fit_weights(parts, labels, cfg.method, cfg.fit_metric)
+    sel = select_weights(parts, labels, cfg.method, cfg.fit_metric, cfg.fit_seed, cfg.fit_method)
     equal_probs = blend(parts, np.full(len(names), 1 / len(names)), cfg.method)
-    plan.weights = dict(zip(names, w))
+    plan.weights = dict(zip(names, sel.weights))
     plan.fit = {
         "metric": cfg.fit_metric,
-        "in_sample": in_sample,
+        "in_sample": sel.in_sample,
         "equal": objective(*top1(equal_probs), labels, cfg.fit_metric),
+        "chosen": sel.chosen,
+        "best_single": sel.best_single,
+        "guarded": sel.guarded,
     }
     plan.rows.append(
         {
@@ -184,21 +191,36 @@ def _fit(plan: Plan, parts: list[np.ndarray], labels: np.ndarray) -> None:
         }
     )
     del equal_probs
-    if len(labels) >= 4 and len(names) > 1:
-        cf = crossfit(parts, labels, cfg.method, cfg.fit_metric, cfg.fit_seed)
+    for cand, scores in sel.crossfit.items():  # what each fitting method scores on rows it was not fitted on
+        w = dict(zip(names, sel.candidates[cand]))
+        plan.rows.append({"model": f"fit:{cand}", "fold": "cv_crossfit", "n": len(labels), **scores,
+                          "weights": plan.weights_text(w), "chosen": cand == sel.chosen})  # fmt: skip
+    if sel.half_weights:
+        halves_w = sel.half_weights[sel.chosen]
+        cf = crossfit(parts, labels, cfg.method, cfg.fit_metric, cfg.fit_seed, fitter=_replay(halves_w))
         plan.fit["crossfit"] = objective(*top1(cf["probs"]), labels, cfg.fit_metric)
         plan.fit["halves_in_sample"], plan.fit["halves_held_out"] = cf["in_sample"], cf["held_out"]
         plan.rows.append(
             {"model": "ensemble", "fold": "cv_crossfit", "n": len(labels), **score_all(cf["probs"], labels)}
         )
     log.info(
-        "fitted weights %s: OOF %s %.4f in-sample, %s cross-fitted on halves; equal weights %.4f",
+        "fitted weights (%s%s) %s: OOF %s %.4f in-sample, %s cross-fitted on halves; equal weights %.4f, "
+        "best single member %.4f",
+        sel.chosen,
+        ", guard: the cross-validated choice fell below the best member" if sel.guarded else "",
         plan.weights_text(),
         cfg.fit_metric,
-        in_sample,
+        sel.in_sample,
         f"{plan.fit['crossfit']:.4f}" if "crossfit" in plan.fit else "not",
         plan.fit["equal"],
+        sel.best_single,
     )
+
+
+def _replay(weights: list[np.ndarray]):
+    """A fitter that returns the given per-half weights in turn (the cross-fit already made them)."""
+    it = iter(weights)
+    return lambda parts, labels: next(it)
 
 
 def _tuning_set(plan: Plan, need_pool: bool) -> TuningSet:
