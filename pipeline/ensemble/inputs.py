@@ -13,7 +13,7 @@ import pandas as pd
 from common import schema
 from common.errors import DataError
 from pipeline.metrics import score_all
-from pipeline.runs.predfile import load_predictions
+from pipeline.runs.predfile import check_fresh, load_predictions, stale_weights
 from pipeline.scores import TopK, accumulate
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Checker:
         self.run_fp: tuple[str, Path] | None = None
         self.form: tuple[int | None, Path] | None = None  # (k of top-k files, None = dense; first file)
         self.rows: dict[str, tuple[np.ndarray, np.ndarray, Path]] = {}
+        self.unverified = 0  # files of older runs: no weights identity recorded (warned once)
 
     def load(self, path: Path, manifest: str | None = None) -> dict:
         """Load a file (stored precision kept) and check it; ``manifest``: also its rows."""
@@ -126,6 +127,7 @@ class Checker:
                     "runs from different preps cannot be ensembled"
                 )
             self.run_fp = self.run_fp or (fp, path)
+        self._same_weights(path, meta)
         self._same_form(path, probs)
         values = probs.val if isinstance(probs, TopK) else probs
         if len(values):
@@ -134,6 +136,19 @@ class Checker:
                 raise DataError(
                     f"{path}: probabilities must be finite and within [0, 1], found min {lo} max {hi} "
                     "(rerun the stage that wrote it)"
+                )
+
+    def _same_weights(self, path: Path, meta: dict) -> None:
+        """A file predicted with an older ``best.pt`` of its run is refused; one without the
+        record (older runs) is accepted with one warning for the whole stage."""
+        check_fresh(path, meta)
+        if stale_weights(path, meta) is None and (path.parent / schema.RUN_BEST).is_file():
+            self.unverified += 1
+            if self.unverified == 1:
+                log.warning(
+                    "%s records no weights identity (an older run): cannot tell whether it was predicted with "
+                    "the current best.pt; 'make predict' rewrites it with the record (not warned again)",
+                    path,
                 )
 
     def _same_form(self, path: Path, probs) -> None:

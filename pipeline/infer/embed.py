@@ -41,7 +41,7 @@ from pipeline.infer.retrieval import fuse, knn, knn_class_scores
 from pipeline.infer.tta import TTA
 from pipeline.metrics import score_all
 from pipeline.runs.load import RunInfo, load_run
-from pipeline.runs.predfile import load_predictions, save_predictions
+from pipeline.runs.predfile import WEIGHTS_KEY, check_fresh, load_predictions, save_predictions, weights_sha
 from pipeline.runs.prep import read_prep_identity
 from pipeline.runs.scan import finished_runs
 
@@ -125,7 +125,8 @@ def embed_runs(infos: list[RunInfo], manifests: list[str], cfg: PredictConfig, d
             write_embeddings(model, loader, accelerator, info.cfg.img_size, path, len(rows[m]), channels_last)
             if accelerator.is_main_process:
                 write_json(index, {"ids": rows[m]["id"].astype(str).tolist(), "manifest": m, "model": info.model_name,
-                                   "fold": info.fold, "prep_fingerprint": info.prep.fingerprint})  # fmt: skip
+                                   "fold": info.fold, "prep_fingerprint": info.prep.fingerprint,
+                                   WEIGHTS_KEY: weights_sha(info.weights)})  # fmt: skip
                 log.info("%s: %s (%d x %d)", info.tag, path.name, len(rows[m]), np.load(path, mmap_mode="r").shape[1])
         del model, run
         accelerator.free_memory()
@@ -175,6 +176,7 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
     g_ids, g_emb = read_embeddings(run_dir, GALLERY)
     train = schema.read_manifest(data_dir, GALLERY).set_index("id")
     oof = load_predictions(run_dir / schema.RUN_OOF)
+    check_fresh(run_dir / schema.RUN_OOF, oof["meta"])  # fused with embeddings of the current best.pt
     # a fold's gallery is its training rows: its held-out rows (the OOF queries) are left out
     held_out = set(oof["ids"]) if info.fold >= 0 else set()
     in_gallery = ~np.isin(g_ids, list(held_out))
@@ -191,6 +193,7 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
         if not (plain.is_file() and emb_paths(run_dir, m)[0].is_file()):
             continue
         preds = load_predictions(plain)
+        check_fresh(plain, preds["meta"])
         ids, emb = read_embeddings(run_dir, m)
         pos = pd.Series(np.arange(len(ids)), index=ids)[preds["ids"]].to_numpy()
         q = np.asarray(emb[pos], dtype=np.float32)
@@ -207,7 +210,7 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
     for m, (preds, scores) in queries.items():
         path = run_dir / schema.pred_file(m, source="knn")
         meta = {**preds["meta"], "source": "knn", "knn": {**setting.__dict__, "tuned": tuned,
-                "gallery": int(in_gallery.sum())}}  # fmt: skip
+                "gallery": int(in_gallery.sum())}, WEIGHTS_KEY: weights_sha(info.weights)}  # fmt: skip
         save_predictions(path, preds["ids"], fuse(preds["probs"], scores, setting.alpha, setting.beta),
                          preds["labels"], meta, cfg.probs_dtype)  # fmt: skip
         written.append(path)

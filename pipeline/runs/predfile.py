@@ -10,8 +10,9 @@ Arrays:
 * ``labels`` (N,) int64: the manifest's labels (class index, or a negative value of
   :mod:`common.schema`: NON_LANDMARK, OTHER_LANDMARK, UNLABELLED);
 * ``meta``   0-d str: JSON with where the predictions come from (``manifest``, ``model``,
-  ``fold``, ``tta``, ``prep_fingerprint``, ``label_map_sha``, ``num_classes`` ...). Files written
-  before ``meta`` existed have none (``{}``).
+  ``fold``, ``tta``, ``prep_fingerprint``, ``label_map_sha``, ``num_classes``, ``weights_sha256``:
+  the sha256 of the ``best.pt`` they were predicted with ...). Files written before ``meta``
+  existed have none (``{}``).
 
 float16 halves the disk use (a 100k x 1000 test set is 200 MB per run instead of 400 MB); its
 3 significant digits are plenty for averaging and ranking. Pure numpy: the ensemble layer reads
@@ -20,12 +21,14 @@ these files without importing torch or the models. Written atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from common import schema
 from common.errors import DataError
 from common.io import atomic_write
 from pipeline.scores import TopK, choose_k, topk
@@ -98,3 +101,52 @@ def load_predictions(path: str | Path, dtype: str | None = "float32") -> dict:
         out["probs"] = out["probs"].astype(dtype, copy=False)
     out["meta"] = meta
     return out
+
+
+# ---------------------------------------------------------------- the weights a file came from
+
+WEIGHTS_KEY = "weights_sha256"  # meta key: sha256 of the best.pt the predictions were made with
+_SHA_CACHE: dict[str, tuple[int, int, str]] = {}  # resolved path -> (mtime_ns, size, sha256)
+
+
+def weights_sha(path: str | Path) -> str | None:
+    """sha256 of a weights file, None when it is absent.
+
+    Cached by path, mtime and size: a stage that writes or checks several files of one run hashes
+    its ``best.pt`` once (a retrained ``best.pt`` is a new file: new mtime, hashed again)."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        key = str(path.resolve())
+        hit = _SHA_CACHE.get(key)
+        if hit and hit[:2] == (st.st_mtime_ns, st.st_size):
+            return hit[2]
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise DataError(
+            f"{path}: unreadable weights ({e.strerror or e}); cannot tell if predictions are current"
+        ) from None
+    _SHA_CACHE[key] = (st.st_mtime_ns, st.st_size, digest)
+    return digest
+
+
+def stale_weights(path: str | Path, meta: dict) -> bool | None:
+    """Whether prediction file ``path`` was made with weights other than its run's current ``best.pt``.
+
+    None when it cannot be told: the file records no weights (older runs) or its folder has no
+    ``best.pt`` (an export workspace, a hand-made folder)."""
+    recorded = meta.get(WEIGHTS_KEY)
+    current = weights_sha(Path(path).parent / schema.RUN_BEST)
+    if current is None or not recorded:
+        return None
+    return recorded != current
+
+
+def check_fresh(path: str | Path, meta: dict) -> None:
+    """One :class:`DataError` line when ``path`` was predicted with an older ``best.pt`` of its run."""
+    if stale_weights(path, meta):
+        run = Path(path).parent
+        raise DataError(f"{path}: stale: predicted with an older best.pt of run {run}; rerun 'make predict'")

@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from common import schema
 from common.io import write_json
 from pipeline.runs.checkpoints import load_checkpoint
-from pipeline.runs.predfile import save_predictions
+from pipeline.runs.predfile import WEIGHTS_KEY, save_predictions, weights_sha
 from pipeline.runs.scan import mark_done
 from pipeline.train.build import Run, RunState
 from pipeline.train.engine import evaluate, predict
@@ -20,7 +20,7 @@ from pipeline.train.engine import evaluate, predict
 log = logging.getLogger(__name__)
 
 
-def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict) -> None:
+def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict, sha: str | None) -> None:
     order = np.argsort(out["index"], kind="stable")
     name = schema.RUN_OOF if manifest == "oof" else schema.pred_file(manifest)
     save_predictions(
@@ -36,6 +36,7 @@ def _save_predictions(run: Run, manifest: str, rows: pd.DataFrame, out: dict) ->
             **run.ident,
             "prep_fingerprint": run.ident["fingerprint"],
             "img_size": run.cfg.img_size,
+            WEIGHTS_KEY: sha,  # the final best.pt these predictions come from (stale ones are refused later)
         },
     )
 
@@ -69,8 +70,9 @@ def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
         **run.info,
     }
     if accelerator.is_main_process:
+        sha = weights_sha(run.out / schema.RUN_BEST)  # best.pt is final here: it was just loaded
         for manifest, (rows, out) in preds.items():
-            _save_predictions(run, manifest, rows.reset_index(drop=True), out)
+            _save_predictions(run, manifest, rows.reset_index(drop=True), out, sha)
         _analysis(run, val_out)
         write_json(run.out / schema.RUN_SUMMARY, summary)
         mark_done(run.out)

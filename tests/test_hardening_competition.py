@@ -1,0 +1,107 @@
+"""Hardening III of the competition stages (issue 18) and submission names (issue 21): stale
+predictions after retraining, the validator's number rules, GAP with broken test images, export
+that never overwrites what it did not write, one line instead of a traceback, and submissions
+named after their experiment. Hand-made run folders (tests/ensemble_helpers.py) unless a real
+trained run is the point."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import pytest
+
+from common import schema
+from common.errors import DataError
+from pipeline.ensemble.stage import run_ensemble
+from pipeline.runs.predfile import WEIGHTS_KEY, load_predictions, weights_sha
+from pipeline.submit.stage import run_submit
+from tests.ensemble_helpers import config, onehot_probs, run_dir, write_data, write_pred
+from tests.test_submit import COMP_IDS, CONF, PRED, _comp
+
+# ---------------------------------------------------------------- 1. stale predictions
+
+
+def _best(d, content: bytes) -> str:
+    """A fake best.pt (the check hashes bytes; nothing loads it) and its sha256."""
+    (d / schema.RUN_BEST).write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+def test_weights_sha_hashes_each_file_once_until_it_changes(tmp_path, monkeypatch):
+    calls = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: calls.append(name) or real(f, name))
+    path = tmp_path / schema.RUN_BEST
+    sha = _best(tmp_path, b"weights v1")
+    assert [weights_sha(path) for _ in range(3)] == [sha] * 3 and len(calls) == 1
+    new = _best(tmp_path, b"weights v2, retrained")  # another size and mtime: hashed again
+    assert weights_sha(path) == new != sha and len(calls) == 2
+    assert weights_sha(tmp_path / "absent.pt") is None
+
+
+def test_a_prediction_of_an_older_best_pt_is_refused_in_one_line(tmp_path):
+    root = _comp(tmp_path)
+    d = run_dir(root, "m2", 1)
+    old = _best(d, b"first training")
+    write_pred(d, "competition", COMP_IDS, onehot_probs(PRED, CONF), [-3] * 5, **{WEIGHTS_KEY: old})
+    assert run_submit(config(root))["rows"] == 6  # current: accepted
+    (root / "submissions" / "sub.csv").unlink()
+    _best(d, b"retrained: other weights")
+    with pytest.raises(DataError) as e:
+        run_submit(config(root))
+    msg = str(e.value)
+    assert "\n" not in msg and str(d / "competition.npz") in msg and f"of run {d}" in msg
+    assert "stale: predicted with an older best.pt" in msg and "rerun 'make predict'" in msg
+    assert not (root / "submissions" / "sub.csv").exists()
+
+
+def test_files_without_the_record_are_accepted_with_one_warning(tmp_path, caplog):
+    root = _comp(tmp_path)  # four competition files without weights_sha256
+    for m in ("m1", "m2"):
+        for f in (0, 1):
+            _best(run_dir(root, m, f), f"{m}{f}".encode())
+    with caplog.at_level(logging.WARNING):
+        run_submit(config(root))
+    warned = [r for r in caplog.records if "records no weights identity" in r.getMessage()]
+    assert len(warned) == 1 and "m1/fold0/competition.npz" in warned[0].getMessage()
+
+
+def test_the_ensemble_refuses_a_stale_training_oof(tmp_path):
+    write_data(tmp_path)
+    for m in ("m1", "m2"):
+        d = run_dir(tmp_path, m, 0)
+        sha = _best(d, m.encode())
+        write_pred(d, "oof", ["a", "b"], [[0.9, 0.1, 0], [0.2, 0.8, 0]], [0, 1], **{WEIGHTS_KEY: sha})
+        write_pred(d, "test", ["t0"], [[0.5, 0.3, 0.2]], [0], **{WEIGHTS_KEY: sha})
+    run_ensemble(config(tmp_path))
+    _best(run_dir(tmp_path, "m1", 0), b"m1 retrained")
+    with pytest.raises(DataError, match=r"m1/fold0/oof\.npz: stale: predicted with an older best\.pt"):
+        run_ensemble(config(tmp_path))
+
+
+def test_training_and_predict_record_the_final_best_pt(tiny_data, tmp_path):
+    """A real tiny run: training's oof/test and predict's files carry the sha256 of best.pt; after a
+    retrain (best.pt replaced) the ensemble refuses the old files until predict rewrites them."""
+    from pipeline.infer.predict import run_predict
+    from pipeline.train.stage import fit
+    from tests.test_predict import predict_config, train_config
+
+    fit(train_config(tiny_data, tmp_path, folds=[0]), "simple_cnn", 0)
+    run = schema.run_dir(tmp_path, "p", "simple_cnn", 0)
+    sha = weights_sha(run / schema.RUN_BEST)
+    for name in (schema.RUN_OOF, schema.RUN_TEST):
+        assert load_predictions(run / name)["meta"][WEIGHTS_KEY] == sha
+    cfg = config(tmp_path, dataset="tiny", data_root=str(tiny_data["data_root"]), runs_root=str(tmp_path),
+                 experiment="p")  # fmt: skip
+    run_ensemble(cfg)
+    import torch
+
+    state = torch.load(run / schema.RUN_BEST, weights_only=False)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, run / schema.RUN_BEST)  # what a retrain leaves: new weights, old predictions
+    with pytest.raises(DataError, match="stale: predicted with an older best.pt"):
+        run_ensemble(cfg)
+    run_predict(predict_config(tiny_data, tmp_path, manifests=["oof", "test"]))
+    assert load_predictions(run / schema.RUN_TEST)["meta"][WEIGHTS_KEY] == weights_sha(run / schema.RUN_BEST) != sha
+    run_ensemble(cfg)
