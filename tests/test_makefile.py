@@ -105,3 +105,28 @@ def test_missing_photo_folder_says_how_to_point_at_it(tmp_path):
     assert make("check-dataset", "DATASET=nowhere_xyz", f"CONFIG={cfg}", f"SOURCE_ROOT={tmp_path}").returncode == 0
     (tmp_path / "absent").mkdir()
     assert make("check-dataset", "DATASET=nowhere_xyz", f"CONFIG={cfg}").returncode == 0
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_first_screen_and_its_links():
+    """What a newcomer sees first: contents, the two commands, where the submission is, results;
+    every relative link of the README and docs/ pages points at a file (and heading) that exists."""
+    text = (REPO / "README.md").read_text()
+    first = "\n".join(text.splitlines()[:64])
+    for must in ("**Contents:**", "make all", "make test", "submissions/default.csv", "| `resnet18`", "docs/models.md"):
+        assert must in first, must
+    assert "seed 001" not in first and "submission: submissions/default_internal_test.csv" not in text
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            file, _, anchor = target.partition("#")
+            path = (page.parent / file).resolve() if file else page
+            assert path.exists(), (page.name, target)
+            if anchor and path.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", path.read_text(), re.M)
+                assert anchor in {_anchor(h) for h in headings}, (page.name, target)
