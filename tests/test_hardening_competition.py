@@ -105,3 +105,46 @@ def test_training_and_predict_record_the_final_best_pt(tiny_data, tmp_path):
     run_predict(predict_config(tiny_data, tmp_path, manifests=["oof", "test"]))
     assert load_predictions(run / schema.RUN_TEST)["meta"][WEIGHTS_KEY] == weights_sha(run / schema.RUN_BEST) != sha
     run_ensemble(cfg)
+
+
+# ---------------------------------------------------------------- 2. the validator's number rules
+
+
+@pytest.mark.parametrize(
+    "cell, problem",
+    [
+        ("\u0661\u0662 0.5", "is not '<landmark_id> <confidence>'"),  # Arabic-Indic digits: isdigit() is True
+        ("12 \u0660.\u0665", "confidence '\u0660.\u0665' is not a number"),  # float() takes them
+        ("12 0.5_0", "confidence '0.5_0' is not a number"),  # float() takes underscores
+        ("9223372036854775808 0.5", "landmark id '9223372036854775808' is beyond int64"),
+        ("12 1.5", "confidence '1.5' is outside [0, 1]"),
+        ("12 -0.2", "confidence '-0.2' is outside [0, 1]"),
+        ("12 1e400", "confidence '1e400' is not finite"),
+        ("12 Infinity", "confidence 'Infinity' is not finite"),
+    ],
+)
+def test_the_validator_takes_only_ascii_int_and_a_confidence_in_0_1(cell, problem):
+    from pipeline.submit.validate import check_cell
+
+    assert problem in (check_cell(cell) or "")
+
+
+@pytest.mark.parametrize("cell", ["9223372036854775807 1", "0 0", "12 .5", "12 1e-3", "12 +0.25", "7 1.000000"])
+def test_the_validator_keeps_accepting_valid_cells(cell):
+    from pipeline.submit.validate import check_cell
+
+    assert check_cell(cell) is None
+
+
+def test_validate_sample_strips_padded_ids_like_prep(tmp_path, capsys):
+    from data_prep.competition import read_id_csv
+    from pipeline.__main__ import main as cli
+    from pipeline.submit.validate import read_sample_ids
+
+    sample = tmp_path / "sample_submission.csv"
+    sample.write_text('id,landmarks\n"  abc01 ",\nabc02  ,\n')
+    sub = tmp_path / "sub.csv"
+    sub.write_text("id,landmarks\nabc01,12 0.5\nabc02,\n")  # what submit writes: prep's stripped ids
+    assert read_sample_ids(sample) == read_id_csv(sample).tolist() == ["abc01", "abc02"]
+    assert cli(["validate", str(sub), "--sample", str(sample)]) == 0
+    assert "OK: 2 rows, 1 answers, 1 empty" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from common.errors import DataError
 from pipeline.__main__ import main as cli
 from pipeline.submit.validate import MAX_PER_KIND, check_cell, read_sample_ids, validate_submission
 
-SAMPLE = "id,landmarks\nb,\na,\nc,\n"
+SAMPLE = "id,landmarks\nbbb,\naaa,\nccc,\n"  # prep's id rule: 3 or more of [0-9a-zA-Z_-]
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def _write(tmp_path, text, name="sub.csv"):
 
 
 def test_a_good_file_passes_in_any_order(tmp_path, sample, capsys):
-    path = _write(tmp_path, "id,landmarks\na,123 0.5\nc,\nb,7 1.000000\n")
+    path = _write(tmp_path, "id,landmarks\naaa,123 0.5\nccc,\nbbb,7 1.000000\n")
     problems, stats = validate_submission(path, read_sample_ids(sample))
     assert problems == [] and stats == {"rows": 3, "answers": 2, "empty": 1}
     assert cli(["validate", str(path), "--sample", str(sample)]) == 0
@@ -57,16 +57,16 @@ def test_landmarks_cells(cell, problem):
 
 
 def test_every_problem_is_one_line_with_file_and_line(tmp_path, sample, capsys):
-    text = "id,landmarks\na,12 0.5\na,13 0.4\nz,1 0.2\nc,12 nan\nd,1,2\n"
+    text = "id,landmarks\naaa,12 0.5\naaa,13 0.4\nzzz,1 0.2\nccc,12 nan\nddd,1,2\n"
     path = _write(tmp_path, text)
     problems, _ = validate_submission(path, read_sample_ids(sample))
     name = str(path)
     assert problems == [
-        f"{name}:3: id 'a' appears again (first on line 2)",
+        f"{name}:3: id 'aaa' appears again (first on line 2)",
         f"{name}:5: confidence 'nan' is not finite",
         f"{name}:6: 3 fields, expected 2 (id,landmarks)",
-        f"{name}:4: id 'z' is not in the sample submission",
-        f"{name}: id 'b' of the sample submission (line 2) is missing",
+        f"{name}:4: id 'zzz' is not in the sample submission",
+        f"{name}: id 'bbb' of the sample submission (line 2) is missing",
     ]
     assert cli(["validate", str(path), "--sample", str(sample)]) == 1
     assert capsys.readouterr().out.splitlines() == problems
@@ -94,7 +94,7 @@ def test_missing_file_and_not_utf8(tmp_path):
 
 
 def test_many_problems_of_a_kind_are_capped(tmp_path):
-    ids = [f"i{k}" for k in range(MAX_PER_KIND + 10)]
+    ids = [f"id{k}" for k in range(MAX_PER_KIND + 10)]
     sample = _write(tmp_path, "id,landmarks\n" + "".join(f"{i},\n" for i in ids), "sample.csv")
     path = _write(tmp_path, "id,landmarks\n")
     problems, _ = validate_submission(path, read_sample_ids(sample))
@@ -103,7 +103,7 @@ def test_many_problems_of_a_kind_are_capped(tmp_path):
 
 
 def test_a_sample_without_ids_is_one_error(tmp_path):
-    with pytest.raises(DataError, match="no 'id' column"):
+    with pytest.raises(DataError, match="missing column 'id'"):
         read_sample_ids(_write(tmp_path, "key,landmarks\na,\n", "s.csv"))
     with pytest.raises(DataError, match="sample submission not found"):
         read_sample_ids(tmp_path / "absent.csv")

@@ -1,10 +1,13 @@
 """Check a submission CSV the way Kaggle would: ``python -m pipeline validate FILE [--sample S]``.
 
 Google Landmark Recognition format: header exactly ``id,landmarks``; one row per test id; the
-``landmarks`` cell empty (no answer) or ``"<landmark_id> <confidence>"`` (one prediction: a
-non-negative integer and a finite number). With ``--sample sample_submission.csv``: every id
-of the sample exactly once and no other id (order does not matter to Kaggle). Blank lines are
-skipped, as Kaggle's CSV reader does.
+``landmarks`` cell empty (no answer) or ``"<landmark_id> <confidence>"`` (one prediction: an
+ASCII integer in [0, 2^63 - 1] and a plain ASCII decimal confidence in [0, 1]; Python's
+``int``/``float`` would also take non-ASCII digits and ``0.5_0``, Kaggle's scorer does not). With
+``--sample sample_submission.csv``: every id of the sample exactly once and no other id (order
+does not matter to Kaggle); the sample's ids are read by the same helper prep reads it with
+(:func:`data_prep.competition.read_id_csv`: padded ids stripped). Blank lines are skipped, as
+Kaggle's CSV reader does.
 
 Every problem is one line ``FILE:LINE: what`` (at most :data:`MAX_PER_KIND` of a kind, then a
 count); exit status 1 when there is any, else 0 and one ``OK`` line.
@@ -19,10 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 from common.errors import DataError
+from common.ints import INT64_MAX
+from data_prep.competition import read_id_csv
 
 HEADER = ["id", "landmarks"]
 MAX_PER_KIND = 20
-_CELL = re.compile(r"(\d+) +(\S+)")
+_CELL = re.compile(r"([0-9]+) +(\S+)")  # [0-9], not \d: \d matches any script's digits
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # no '_', no non-ASCII
 
 
 class _Problems:
@@ -44,20 +50,12 @@ class _Problems:
 
 
 def read_sample_ids(path: str | Path) -> list[str]:
-    """The ``id`` column of a sample submission, in order (one DataError line if unusable)."""
+    """The ``id`` column of a sample submission, in order, exactly as prep reads it (padded ids
+    stripped, malformed or repeated ids refused): one DataError line if unusable."""
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if not header or "id" not in header:
-                raise DataError(f"{path}: no 'id' column in the header (a sample_submission.csv has 'id,landmarks')")
-            col = header.index("id")
-            return [row[col] for row in reader if row and len(row) > col]
-    except FileNotFoundError:
-        raise DataError(f"sample submission not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable ({type(e).__name__})") from None
+    if not path.is_file():
+        raise DataError(f"sample submission not found: {path}")
+    return read_id_csv(path).tolist()
 
 
 def check_cell(cell: str) -> str | None:
@@ -71,12 +69,20 @@ def check_cell(cell: str) -> str | None:
         if n > 2:
             return f"landmarks '{cell[:40]}' has {n} tokens; expected one prediction '<landmark_id> <confidence>'"
         return f"landmarks '{cell[:40]}' is not '<landmark_id> <confidence>'"
-    try:
-        conf = float(m.group(2))
-    except ValueError:
-        return f"confidence '{m.group(2)}' is not a number"
+    if int(m.group(1)) > INT64_MAX:
+        return f"landmark id '{m.group(1)[:40]}' is beyond int64"
+    text = m.group(2)
+    if not _NUMBER.fullmatch(text):
+        try:
+            finite = math.isfinite(float(text))
+        except ValueError:
+            finite = True
+        return f"confidence '{text[:40]}' is " + ("not a number (ASCII digits, '.', 'e')" if finite else "not finite")
+    conf = float(text)
     if not math.isfinite(conf):
-        return f"confidence '{m.group(2)}' is not finite"
+        return f"confidence '{text}' is not finite"
+    if not 0 <= conf <= 1:
+        return f"confidence '{text}' is outside [0, 1]"
     return None
 
 
