@@ -7,6 +7,7 @@ trained run is the point."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 
 import pytest
@@ -17,7 +18,7 @@ from pipeline.ensemble.stage import run_ensemble
 from pipeline.runs.predfile import WEIGHTS_KEY, load_predictions, weights_sha
 from pipeline.submit.stage import run_submit
 from tests.ensemble_helpers import config, onehot_probs, run_dir, write_data, write_pred
-from tests.test_submit import COMP_IDS, CONF, PRED, _comp
+from tests.test_submit import COMP_IDS, CONF, PRED, SOLUTION, _comp
 
 # ---------------------------------------------------------------- 1. stale predictions
 
@@ -148,3 +149,65 @@ def test_validate_sample_strips_padded_ids_like_prep(tmp_path, capsys):
     assert read_sample_ids(sample) == read_id_csv(sample).tolist() == ["abc01", "abc02"]
     assert cli(["validate", str(sub), "--sample", str(sample)]) == 0
     assert "OK: 2 rows, 1 answers, 1 empty" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- 3. GAP with broken test images
+
+# the solution file of tests/test_submit.py's set (c2 is the unreadable image): original landmark ids
+TRUTH = {"c0": "1234", "c1": "77", "c3": "77", "c4": "", "c5": "56789"}
+
+
+def _labelled_comp(root, c2: str | None, solution_kept: bool = True):
+    """test_submit's competition set, labelled, with a solution file recorded by prep like
+    data_prep/prep.py does (``prep_report.json`` ``competition.solution``)."""
+    _comp(root, labels=SOLUTION)
+    truth = {**TRUTH, **({"c2": c2} if c2 is not None else {})}
+    sol = root / "solution.csv"
+    sol.write_text("id,landmarks,Usage\n" + "".join(f"{i},{lid},Public\n" for i, lid in truth.items()))
+    report = root / "data" / "ds" / schema.PREP_REPORT
+    rep = json.loads(report.read_text())
+    report.write_text(json.dumps({**rep, "competition": {"solution": str(sol), "labelled": True}}))
+    if not solution_kept:
+        sol.unlink()
+
+
+def _hand_gap(answers: list[tuple[float, bool]], m: int) -> float:
+    """GAP by its definition: sum over the ranked answers of precision@i x rel(i), over M."""
+    hits, total = 0, 0.0
+    for i, (_, right) in enumerate(sorted(answers, key=lambda a: -a[0]), start=1):
+        if right:
+            hits += 1
+            total += hits / i
+    return total / m
+
+
+# the answers of the five readable rows: (confidence, right?) - c4 is a non-landmark
+ANSWERS = [(0.9, True), (0.7, False), (0.5, True), (0.4, False), (0.8, True)]
+
+
+@pytest.mark.parametrize(
+    "c2, m",
+    [
+        ("56789", 5),  # a landmark photo that could not be read: empty answer, still in M (Kaggle)
+        ("", 4),  # a non-landmark photo: not in M
+    ],
+)
+def test_gap_keeps_broken_landmark_rows_in_the_denominator(tmp_path, capsys, c2, m):
+    from pipeline.submit.stage import main
+
+    _labelled_comp(tmp_path, c2)
+    r = run_submit(config(tmp_path))
+    assert r["gap"] == pytest.approx(_hand_gap(ANSWERS, m))
+    assert r["scored"] == 6 and r["unreadable"] == 1
+    main(config(tmp_path))
+    assert f"GAP {_hand_gap(ANSWERS, m):.4f} over the 6 labelled rows" in capsys.readouterr().out
+
+
+def test_gap_says_so_when_the_solution_of_broken_rows_is_gone(tmp_path, capsys):
+    from pipeline.submit.stage import main
+
+    _labelled_comp(tmp_path, "56789", solution_kept=False)
+    main(config(tmp_path))
+    out = capsys.readouterr().out
+    assert f"GAP {_hand_gap(ANSWERS, 4):.4f} over the 5 labelled rows" in out
+    assert "note: 1 unreadable row(s) not scored: their labels are in" in out and "solution.csv" in out

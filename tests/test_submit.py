@@ -70,7 +70,7 @@ def test_labelled_competition_set_gets_its_gap(tmp_path, capsys):
     # M = 4 landmark rows (c4 is a non-landmark, c2 unreadable has no label)
     assert r["gap"] == pytest.approx((1 + 1 + 3 / 4) / 4) and r["scored"] == 5
     main(config(root))
-    assert "GAP 0.6875 over the 5 labelled readable rows" in capsys.readouterr().out
+    assert "GAP 0.6875 over the 5 labelled rows" in capsys.readouterr().out
 
 
 def test_threshold_empties_rows_and_is_counted(tmp_path):

@@ -15,7 +15,9 @@ the models and post-processes the answers exactly like the ensemble stage (same
 The file is validated (:mod:`pipeline.submit.validate`, against the order file's ids) before it
 replaces the previous one, under the submissions folder's lock; a ``<name>.json`` beside it
 records what made it. When the competition set is labelled (prep with a solution CSV), the
-summary gives the GAP of the written file over its readable rows.
+summary gives the GAP of the written file as Kaggle scores it: an unreadable image of a landmark
+has an empty answer and still counts in the denominator M (its label is read again from the
+solution file prep recorded).
 
 Fitting weights or tuning ``threshold``/``penalty`` reads the OOF and non-landmark pool
 predictions too; with fixed values only the competition predictions are needed (an export
@@ -34,11 +36,14 @@ from common import schema
 from common.errors import DataError, PipelineError
 from common.io import atomic_path, write_json
 from common.lock import folder_lock
+from data_prep.competition import label_rows, read_solution
 from pipeline.config import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.frame import submission_frame
+from pipeline.ensemble.inputs import Preds
 from pipeline.ensemble.plan import make_plan
 from pipeline.metrics import NO_ANSWER, gap, top1
+from pipeline.runs.prep import read_json
 from pipeline.submit.validate import validate_submission
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,31 @@ def read_order(data_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def broken_labels(data_dir: Path, order: pd.DataFrame, label_map: pd.DataFrame) -> tuple[pd.Series, str]:
+    """Labels of the unreadable competition rows, from the solution file prep read (recorded in
+    ``prep_report.json``): on Kaggle a landmark row without an answer still counts in GAP's M.
+
+    Returns the labels by id (UNLABELLED where unknown) and a note for the summary when the
+    solution cannot be read again (its unreadable rows are then left out of the GAP)."""
+    ids = order.loc[order["status"] != OK, "id"].reset_index(drop=True)
+    unknown = pd.Series(schema.UNLABELLED, index=ids, dtype=np.int64)
+    if ids.empty:
+        return unknown, ""
+    section = read_json(Path(data_dir) / schema.PREP_REPORT).get("competition") or {}
+    solution = section.get("solution")
+    if not solution:
+        return unknown, ""
+    try:
+        sol = read_solution(solution)
+    except PipelineError as e:
+        return unknown, f"{len(ids)} unreadable row(s) not scored: their labels are in {solution} ({e})"
+    label_of = {int(lid): int(c) for c, lid in zip(label_map["label"], label_map["landmark_id"])}
+    return pd.Series(label_rows(ids, sol, label_of)["label"].to_numpy(), index=ids), ""
+
+
 def _gap_of_file(path: Path, labels: pd.Series, label_map: pd.DataFrame) -> tuple[float, int]:
-    """GAP of a written submission against ``labels`` (by id; UNLABELLED rows left out)."""
+    """GAP of a written submission against ``labels`` (by id; UNLABELLED rows left out): an empty
+    answer of a landmark row counts in M, as on Kaggle."""
     sub = pd.read_csv(path, dtype=str, keep_default_na=False)
     to_class = {str(lid): c for c, lid in enumerate(label_map["landmark_id"])}
     toks = sub["landmarks"].str.split()
@@ -80,22 +108,8 @@ def _gap_of_file(path: Path, labels: pd.Series, label_map: pd.DataFrame) -> tupl
     return gap(pred, conf, lab), int((lab != schema.UNLABELLED).sum())
 
 
-def run_submit(cfg: EnsembleConfig) -> dict:
-    """Ensemble the competition predictions, write and validate ``submissions/<name>.csv``.
-
-    Returns ``submission`` (path), ``rows``, ``answers``, ``empty``, ``unreadable``, ``gap``
-    (None when the competition set is unlabelled), ``scored`` (rows in that GAP).
-    """
-    data_dir = cfg.data_dir
-    order = read_order(data_dir)
-    plan = make_plan(cfg, need_oof=False)
-    comp = stream_ensemble(
-        plan.paths(schema.COMPETITION, "run 'python -m pipeline predict manifests=competition' first"),
-        schema.COMPETITION,
-        [plan.weights],
-        cfg.method,
-        plan.checker,
-    )[0]
+def check_coverage(comp: Preds, order: pd.DataFrame, data_dir: Path) -> None:
+    """The predictions cover every readable id of the order file and no other id (one line)."""
     readable = order["status"] == OK
     known = set(order["id"])
     extra = [i for i in comp.ids if i not in known]
@@ -119,56 +133,88 @@ def run_submit(cfg: EnsembleConfig) -> dict:
             schema.COMPETITION_ORDER,
             unreadable_but_predicted.iloc[0],
         )
+
+
+def answer_frame(comp: Preds, order: pd.DataFrame, plan) -> pd.DataFrame:
+    """``id,landmarks`` in the order file's order: the post-processed top-1 answer of every readable
+    row, an empty cell for the unreadable ones."""
     pred, conf = plan.final(*top1(comp.probs))
     pos = pd.Series(np.arange(len(comp.ids)), index=comp.ids).reindex(order["id"]).to_numpy()
-    answerable = readable.to_numpy() & ~np.isnan(pos)
+    answerable = (order["status"] == OK).to_numpy() & ~np.isnan(pos)
     idx = np.where(answerable, pos, 0).astype(np.int64)
     out_pred = np.where(answerable, pred[idx], NO_ANSWER)
     out_conf = np.where(answerable, conf[idx], np.nan)
-    frame = submission_frame(order["id"].to_numpy(), out_pred, out_conf, plan.label_map)
-    labels = pd.Series(comp.labels, index=comp.ids)
-    labelled = bool((comp.labels != schema.UNLABELLED).any())
-    del comp
+    return submission_frame(order["id"].to_numpy(), out_pred, out_conf, plan.label_map)
 
-    sub_dir = Path(cfg.submissions_dir)
-    out = sub_dir / f"{cfg.name}.csv"
-    with folder_lock(sub_dir, "submit"):
-        with atomic_path(out) as tmp:
-            frame.to_csv(tmp, index=False)
-            problems, stats = validate_submission(tmp, order["id"].tolist(), name=str(out))
-            if problems:
-                more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-                raise PipelineError(f"the submission fails validation, not written: {problems[0]}{more}")
-            score, scored = _gap_of_file(tmp, labels, plan.label_map) if labelled else (None, 0)
+
+def run_submit(cfg: EnsembleConfig) -> dict:
+    """Ensemble the competition predictions, write and validate ``submissions/<name>.csv``.
+
+    Returns ``submission`` (path), ``rows``, ``answers``, ``empty``, ``unreadable``, ``gap``
+    (None when the competition set is unlabelled), ``scored`` (rows in that GAP, unreadable
+    landmark rows included), ``gap_note``.
+    """
+    data_dir = cfg.data_dir
+    order = read_order(data_dir)
+    plan = make_plan(cfg, need_oof=False)
+    comp = stream_ensemble(
+        plan.paths(schema.COMPETITION, "run 'python -m pipeline predict manifests=competition' first"),
+        schema.COMPETITION,
+        [plan.weights],
+        cfg.method,
+        plan.checker,
+    )[0]
+    check_coverage(comp, order, data_dir)
+    frame = answer_frame(comp, order, plan)
+    labelled = bool((comp.labels != schema.UNLABELLED).any())
+    labels, note = broken_labels(data_dir, order, plan.label_map) if labelled else (pd.Series(dtype=np.int64), "")
+    labels = pd.concat([pd.Series(comp.labels, index=comp.ids), labels])
+    del comp
+    out = Path(cfg.submissions_dir) / f"{cfg.name}.csv"
+    with folder_lock(out.parent, "submit"):
+        stats, score, scored = _write(out, frame, order, labels if labelled else None, plan.label_map)
         result = {
             "submission": out,
-            "rows": stats["rows"],
-            "answers": stats["answers"],
-            "empty": stats["empty"],
-            "unreadable": int((~readable).sum()),
+            **stats,
+            "unreadable": int((order["status"] != OK).sum()),
             "gap": score,
             "scored": scored,
+            "gap_note": note,
             "tuned_on_it": cfg.tune_on == "competition" and bool(plan.postprocess),
             "postprocess": plan.final.describe(),
             "weights": {m: round(float(w), 4) for m, w in plan.weights.items()},
         }
-        write_json(
-            out.with_suffix(".json"),
-            {
-                "experiment": cfg.experiment,
-                "dataset": cfg.dataset,
-                "models": {m: len(d) for m, d in plan.runs.items()},
-                "missing_models": plan.missing,
-                "method": cfg.method,
-                "tta": cfg.tta,
-                "knn": cfg.knn,
-                "threshold": plan.final.threshold,
-                "penalty_strength": plan.final.strength,
-                **{k: v for k, v in result.items() if k != "submission"},
-            },
-        )
+        write_json(out.with_suffix(".json"), _record(cfg, plan, result))
     log.info("wrote %s (%d rows, %d empty)", out, stats["rows"], stats["empty"])
     return result
+
+
+def _write(out: Path, frame: pd.DataFrame, order: pd.DataFrame, labels: pd.Series | None, label_map: pd.DataFrame):
+    """Write ``out`` atomically once it passes the validator; (counts, GAP or None, rows scored)."""
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+        problems, stats = validate_submission(tmp, order["id"].tolist(), name=str(out))
+        if problems:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise PipelineError(f"the submission fails validation, not written: {problems[0]}{more}")
+        score, scored = _gap_of_file(tmp, labels, label_map) if labels is not None else (None, 0)
+    return stats, score, scored
+
+
+def _record(cfg: EnsembleConfig, plan, result: dict) -> dict:
+    """``<name>.json``: what made the submission."""
+    return {
+        "experiment": cfg.experiment,
+        "dataset": cfg.dataset,
+        "models": {m: len(d) for m, d in plan.runs.items()},
+        "missing_models": plan.missing,
+        "method": cfg.method,
+        "tta": cfg.tta,
+        "knn": cfg.knn,
+        "threshold": plan.final.threshold,
+        "penalty_strength": plan.final.strength,
+        **{k: v for k, v in result.items() if k != "submission"},
+    }
 
 
 def main(cfg: EnsembleConfig) -> int:
@@ -183,5 +229,7 @@ def main(cfg: EnsembleConfig) -> int:
     print(f"ensemble: {cfg.method} ({weights}); post-processing: {r['postprocess']}")
     if r["gap"] is not None:
         note = " (post-processing tuned on this set: optimistic)" if r["tuned_on_it"] else ""
-        print(f"GAP {r['gap']:.4f} over the {r['scored']} labelled readable rows{note}")
+        print(f"GAP {r['gap']:.4f} over the {r['scored']} labelled rows, unreadable ones with an empty answer{note}")
+        if r["gap_note"]:
+            print(f"note: {r['gap_note']}")
     return 0
