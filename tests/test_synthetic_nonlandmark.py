@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from common import schema
-from data_prep import synthetic
+from data_prep import synthetic, synthetic_render
 from data_prep.competition import read_competition_images, read_solution
 
 SPEC = synthetic.SynthSpec(
@@ -45,7 +45,7 @@ def test_scenes_never_draw_a_landmark(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a non-landmark scene drew a landmark design")
 
-    monkeypatch.setattr(synthetic, "_draw_landmark", refuse)
+    monkeypatch.setattr(synthetic_render, "_draw_landmark", refuse)
     for j in range(40):  # 40 scenes: each of the five kinds many times over
         synthetic.render_scene(3, 1, j, 32)
     with pytest.raises(AssertionError, match="drew a landmark"):  # the guard is live for landmark photos
