@@ -84,6 +84,19 @@ def test_each_factory_table_builds_exactly_the_declared_names(key, table):
     assert set(table) == set(choices_of(TrainConfig, key))
 
 
+def test_keyword_optimizer_factory_and_its_config_adapter():
+    from pipeline.optim.optimizer import create_optimizer, optimizer_kwargs
+
+    model = torch.nn.Linear(4, 2)
+    cfg = TrainConfig(optimizer="sgd", lr=0.3, momentum=0.7, nesterov=False)
+    opt = create_optimizer(model, **optimizer_kwargs(cfg))
+    assert type(opt) is torch.optim.SGD and opt.defaults["lr"] == 0.3 and opt.defaults["momentum"] == 0.7
+    with pytest.raises(ConfigError, match=r"unknown optimizer 'adamm' \(.*adamw"):
+        create_optimizer(model, opt="adamm")
+    with pytest.raises(ConfigError, match="head_lr_mult needs the model's head modules"):
+        create_optimizer(model, head_lr_mult=10)
+
+
 def test_optimizers_from_the_factory():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     adam = build_optimizer(model, TrainConfig())

@@ -47,9 +47,12 @@ def _scales(opt: torch.optim.Optimizer, model: torch.nn.Module) -> tuple[set, se
     return {v for k, v in lr_of.items() if k in head}, {v for k, v in lr_of.items() if k not in head}
 
 
-@pytest.mark.parametrize("schedule", ["halve_on_drop", "plateau", "cosine", "step", "none"])
-def test_head_and_backbone_groups_keep_their_rates_through_every_schedule(schedule):
-    cfg = TrainConfig(img_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.05, head_lr_mult=10,
+@pytest.mark.parametrize(
+    "schedule, optimizer",
+    [("halve_on_drop", "adam"), ("plateau", "sgd"), ("cosine", "adamw"), ("step", "sgd"), ("none", "adamw")],
+)
+def test_head_and_backbone_groups_keep_their_rates_through_every_schedule(schedule, optimizer):
+    cfg = TrainConfig(img_size=32, optimizer=optimizer, lr=1e-3, weight_decay=0.05, head_lr_mult=10,
                       schedule=schedule, warmup_epochs=1, warmup_lr=1e-5, epochs=4, step_epochs=1,
                       plateau_patience=0, **HEAD)  # fmt: skip
     model = _net(cfg)
@@ -58,8 +61,9 @@ def test_head_and_backbone_groups_keep_their_rates_through_every_schedule(schedu
     assert sorted(head_lrs) == pytest.approx([1e-2]) and sorted(backbone_lrs) == pytest.approx([1e-3])
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == sum(p.numel() for p in model.parameters() if p.requires_grad)  # every tensor once
-    for g in opt.param_groups:  # AdamW: no decay on biases and norms, in the head as in the backbone
-        assert g["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in g["params"]) else 0.05)
+    for g in opt.param_groups:  # AdamW/SGD: no decay on biases and norms (Adam's L2: on all, as before)
+        spared = optimizer != "adam" and all(p.ndim <= 1 for p in g["params"])
+        assert g["weight_decay"] == (0.0 if spared else 0.05)
     sched = build_schedule(opt, cfg, steps_per_epoch=3)
     seen = []
     for epoch in range(4):
