@@ -34,7 +34,7 @@ import torch
 from common import schema
 from common.errors import PipelineError
 from common.io import atomic_write, write_csv, write_json, write_text, write_yaml
-from common.lock import folder_lock
+from common.lock import LOCK_NAME, folder_lock
 from pipeline.config import ExportConfig
 from pipeline.runs.bundle import (
     BUNDLE_FORMAT,
@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 PROJECT_PACKAGES = ("common", "data_prep", "pipeline")
 @torch.no_grad()
+
+
 def fuse_model(model: torch.nn.Module, img_size: int, where: str | Path = "") -> bool:
     """Re-parameterise ``model`` in place (eval mode) when it can; True if its weights changed form.
 
@@ -167,8 +169,49 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 
 def run_export(cfg: ExportConfig) -> Path:
+def _project_root() -> Path | None:
+    """The checkout this code runs from (None when installed from the wheel)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def _export_owned(entry: Path) -> bool:
+    """What export itself leaves in ``out_dir``: bundles (``bundle.json``), its lock, its temporaries."""
+    temporary = entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name)
+    return entry.name == LOCK_NAME or temporary or (entry.is_dir() and (entry / BUNDLE_JSON).is_file())
+
+
+def check_out_dir(cfg: ExportConfig) -> Path:
+    """The bundle's final folder, refused in one line (before anything is written) where a bundle
+    would land in or replace what export did not write: inside runs_root or data_root, the
+    checkout itself or one of its folders holding anything but bundles, an existing folder that
+    is not a bundle (no ``bundle.json``)."""
+    if cfg.experiment in ("", ".", "..") or Path(cfg.experiment).name != cfg.experiment:
+        raise PipelineError(f"export: experiment '{cfg.experiment}' must be one plain folder name")
+    out = Path(cfg.out_dir).resolve()
+    final = out / cfg.experiment
+    for key, root in (("runs_root", cfg.runs_root), ("data_root", cfg.data_root)):
+        if out.is_relative_to(Path(root).resolve()):
+            raise PipelineError(f"export: out_dir={cfg.out_dir} is inside {key} {root}: give a folder of its own")
+    project = _project_root()
+    if project is not None and out.is_relative_to(project):
+        top = project / out.relative_to(project).parts[0] if out != project else project
+        if top == project or (top.is_dir() and not all(_export_owned(e) for e in top.iterdir())):
+            raise PipelineError(
+                f"export: out_dir={cfg.out_dir} is {'the checkout' if top == project else f'the project folder {top}'}"
+                " (it holds more than bundles): give a folder of its own, e.g. out_dir=export"
+            )
+    if final.exists() and not (final / BUNDLE_JSON).is_file():
+        raise PipelineError(
+            f"export: {final} exists and is not a bundle (no {BUNDLE_JSON} written by export): "
+            "not replaced; remove it or choose another out_dir"
+        )
+    return final
+
+
     """Write the bundle of ``cfg.experiment``; returns its folder. Every run is checked first."""
     data_dir = cfg.data_dir
+    check_out_dir(cfg)
     label_map = schema.read_label_map(data_dir)
     current = read_prep_identity(data_dir)
     runs = finished_runs(cfg.runs_root, cfg.experiment, cfg.models or None, cfg.folds or None)
