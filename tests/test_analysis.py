@@ -96,3 +96,20 @@ def test_write_run_analysis_files(tmp_path, num_classes):
     assert len(table) == num_classes and table["n"].sum() == (labels >= 0).sum()
     for png in paths[1:]:
         assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_per_class_figure_has_a_legend_for_its_colours(tmp_path, monkeypatch):
+    from pipeline.report import plots_classes
+
+    figs = []
+    monkeypatch.setattr(plots_classes, "save", lambda fig, path: figs.append(fig) or path)
+    for top1 in ([0.2, 0.55, 0.7, 0.95], np.linspace(0.2, 1.0, 60)):  # bars alone; the curve of all + the worst
+        n = len(top1)
+        t = pd.DataFrame({"display": [f"c{i}" for i in range(n)], "n": 5, "top1": top1, "confused_with": "c0"})
+        plots_classes.plot_per_class(t, tmp_path / "p.png")
+        bars = figs[-1].axes[-1]
+        labels = [x.get_text() for x in bars.get_legend().get_texts()]
+        assert labels[:2] == ["top-1 < 0.5", f"below overall ({t['top1'].mean():.3f})"], labels
+        assert "at or above overall" in labels and "overall top-1" in labels
+    colours = {tuple(p.get_facecolor()[:3]) for p in figs[0].axes[-1].patches if p.get_width() > 0}
+    assert colours == {plots_classes.RED, plots_classes.ORANGE, plots_classes.BLUE}  # 0.2 | 0.55 | 0.7, 0.95

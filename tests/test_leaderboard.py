@@ -161,3 +161,49 @@ def test_experiment_curves_skip_unreadable_metrics(tmp_path):
     (d / schema.RUN_METRICS).write_text("")  # empty: left out with a warning, not a crash
     assert _png_ok(plot_experiment_curves(tmp_path, "e", tmp_path / "curves.png"))
     assert plot_experiment_curves(tmp_path, "nothing", tmp_path / "none.png") is None
+
+
+@pytest.fixture()
+def drawn(monkeypatch):
+    """The figures the plot functions build, kept instead of only written, to inspect them."""
+    from pipeline.report import plots_classes, plots_curves
+
+    figs = []
+    for module in (plots_curves, plots_classes):
+        save = module.save
+        monkeypatch.setattr(module, "save", lambda fig, path, save=save: figs.append(fig) or save(fig, path))
+    return figs
+
+
+def test_curves_end_at_one_label_every_lr_step_and_say_train_longer(tmp_path, drawn):
+    from pipeline.report.plots_curves import TRAIN_LONGER
+
+    h = history(12, 2.0, np.random.default_rng(0)).assign(val_top5=np.linspace(0.9, 1.0, 12))  # top-5 reaches 1
+    plot_curves(h, tmp_path / "a.png", "e: m/fold0", best_epoch=7)
+    scores, _, lr = drawn[-1].axes
+    assert scores.get_ylim()[1] == pytest.approx(1.0)  # not 1.2: no score is above 1
+    assert [t.get_text() for t in lr.texts] == ["5e-4", "2.5e-4", "1.25e-4", "6.25e-5"]  # each halving
+    assert TRAIN_LONGER not in [t.get_text() for t in drawn[-1].texts]
+    plot_curves(h, tmp_path / "b.png", "e: m/fold0", best_epoch=12)  # the best epoch is the last
+    assert TRAIN_LONGER in [t.get_text() for t in drawn[-1].texts]
+    cosine = h.assign(lr=np.geomspace(1e-3, 1e-5, 12))  # a new LR every epoch: first, lowest, last only
+    plot_curves(cosine, tmp_path / "c.png", best_epoch=3)
+    assert [t.get_text() for t in drawn[-1].axes[2].texts] == ["1e-3", "1e-5"]
+
+
+def test_leaderboard_md_is_readable_and_says_train_longer(tmp_path, caplog):
+    rows = fake_experiment(tmp_path, "e", {"a": 2.0, "b": 1.0}, folds=(0, 1), epochs=6)
+    info = run_info(tmp_path, "e", ["a", "b"])
+    info["b"]["best_epoch"] = {"0": 4, "1": 6}  # b's fold 1 peaked on its last epoch, a's every fold
+    info["a"]["best_epoch"] = {"0": 6, "1": 6}
+    with caplog.at_level("WARNING"):
+        md = write_leaderboard(tmp_path / "e", rows, info, "e")["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| #"))
+    assert header.count("|") - 1 <= 9, header  # about 8 columns; the rest is in the CSV
+    assert "CV GAP" in header and "GAP folds (mean ± std)" in header and "test top-1" in header
+    assert "| 2 folds x 6 epochs, bf16, cpu |" in md
+    assert "a: best epoch = the last (6) in fold(s) 0, 1; b: best epoch = the last (6) in fold(s) 1." in md
+    warned = [r.getMessage() for r in caplog.records if "train longer" in r.getMessage()]
+    assert len(warned) == 2 and warned[1].startswith("b: best epoch = the last (6) in fold(s) 1")
+    info["a"]["best_epoch"] = info["b"]["best_epoch"] = {"0": 3, "1": 5}
+    assert "Train longer" not in write_leaderboard(tmp_path / "e", rows, info, "e")["md"].read_text()

@@ -22,23 +22,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.errors import ConfigError, DataError, close_matches
+from common.errors import ConfigError, DataError, PipelineError, close_matches
 from common.io import write_csv, write_text
 from pipeline.report.leaderboard import (
     FOLDS_CSV,
     METRICS,
     finished_models,
-    fmt,
     fold_rows_from_runs,
     is_fold,
-    md_table,
-    mean_std,
     normalise_rows,
     run_info,
-    sig,
     summarize,
 )
+from pipeline.report.markdown import fmt, md_table, mean_std, sig
 from pipeline.report.plots_compare import plot_compare
+from pipeline.runs.predfile import output_errors
 from pipeline.runs.scan import fold_label, is_done, run_dirs
 
 log = logging.getLogger(__name__)
@@ -228,8 +226,12 @@ def default_out(runs_root: str | Path, experiments: list[str]) -> Path:
 
 def main(experiments: list[str], runs_root: str, out: str | None, metric: str) -> int:
     """CLI face: the compare table (printed) and where the files went."""
+    folder = Path(out) if out else default_out(runs_root, experiments)
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"compare: --out {folder} is a file; give a folder for compare.csv/.md/.png")
     table = compare_table(list(experiments), runs_root, metric)
-    paths = write_compare(table, list(experiments), out or default_out(runs_root, experiments), metric)
+    with output_errors("compare"):
+        paths = write_compare(table, list(experiments), folder, metric)
     print(pivot_markdown(table, list(experiments), metric), end="")
     print(f"compare: {paths['md']} ({paths['csv'].name}, {paths['png'].name})")
     return 0

@@ -35,6 +35,7 @@ import yaml
 from common import schema
 from common.errors import ConfigError, DataError
 from common.io import write_csv, write_text
+from pipeline.report.markdown import summary_markdown, to_markdown, train_longer
 from pipeline.report.plots_curves import plot_experiment_curves
 from pipeline.report.plots_leaderboard import plot_leaderboard
 from pipeline.runs.scan import fold_label, is_done, model_folders, run_dirs
@@ -142,8 +143,11 @@ def run_info(runs_root: str | Path, experiment: str, models: list[str]) -> dict[
 
 def finished_models(runs_root: str | Path, experiment: str) -> list[str]:
     """Model folders of an experiment with at least one finished fold (sorted)."""
-    return [m for m in model_folders(runs_root, experiment)
-            if any(is_done(d) for d in run_dirs(Path(runs_root) / experiment / m))]
+    return [
+        m
+        for m in model_folders(runs_root, experiment)
+        if any(is_done(d) for d in run_dirs(Path(runs_root) / experiment / m))
+    ]
 
 
 def fold_rows_from_runs(runs_root: str | Path, experiment: str, models: list[str]) -> list[dict]:
@@ -272,87 +276,6 @@ def sort_summary(summary: pd.DataFrame, sort_by: str) -> pd.DataFrame:
     return summary.iloc[order].reset_index(drop=True)
 
 
-# --------------------------------------------------------------------------- markdown
-
-
-def fmt(v: object, digits: int = 4) -> str:
-    """A table cell: floats to ``digits`` decimals, blanks for None/NaN."""
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return ""
-    if isinstance(v, (float, np.floating)):
-        return f"{v:.{digits}f}" if digits or not float(v).is_integer() else str(int(v))
-    if isinstance(v, dict):
-        return ""
-    return str(v)
-
-
-def sig(v: object, digits: int = 3) -> str:
-    """Sizes and costs (params, MACs, seconds) to ``digits`` significant digits, blank if unknown."""
-    if v is None or not isinstance(v, (int, float, np.number)) or not np.isfinite(v):
-        return ""
-    return np.format_float_positional(float(v), precision=digits, unique=True, fractional=False, trim="-")
-
-
-def mean_std(mean: float, std: float, digits: int = 4) -> str:
-    """``mean ± std`` (just the mean with one fold), blank without a mean."""
-    if mean is None or not np.isfinite(mean):
-        return ""
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None and np.isfinite(std) else "")
-
-
-def md_table(header: list[str], body: list[list[str]], bold_best: dict[int, list[float]] | None = None) -> str:
-    """A Markdown table; ``bold_best`` = ``{column index: values}``: the best cell(s) in bold."""
-    body = [list(r) for r in body]
-    for j, vals in (bold_best or {}).items():
-        v = np.asarray(vals, dtype=float)
-        if np.isfinite(v).sum() > 1:
-            best = np.nanmax(v)
-            for i in np.flatnonzero(v == best):
-                body[i][j] = f"**{body[i][j]}**"
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in body]
-    return "\n".join(lines) + "\n"
-
-
-def to_markdown(board: pd.DataFrame) -> str:
-    """Any table as Markdown (floats to 4 decimals; whole-number columns such as epochs as integers)."""
-    whole = {
-        c for c in board.columns
-        if pd.api.types.is_numeric_dtype(board[c]) and board[c].dropna().map(lambda v: float(v).is_integer()).all()
-        and c not in ("top1", "top5", "gap", "weight")
-    }  # fmt: skip
-    rows = [[fmt(v, 0 if c in whole else 4) for c, v in zip(board.columns, r)] for r in board.itertuples(index=False)]
-    return md_table(list(map(str, board.columns)), rows)
-
-
-def summary_markdown(summary: pd.DataFrame, extras: list[str]) -> str:
-    """The leaderboard table a Kaggler reads: CV, fold mean +- std and test per metric."""
-    has = {c: c in summary and summary[c].notna().any() for c in ("params_m", "macs_g", "sec_per_epoch")}
-    header = ["#", "model", "folds", "epochs", "precision", "device"]
-    header += [h for c, h in (("params_m", "params (M)"), ("macs_g", "GMACs"), ("sec_per_epoch", "s/epoch")) if has[c]]
-    first_score = len(header)
-    for m in ("gap", "top1", "top5"):
-        name = {"gap": "GAP", "top1": "top-1", "top5": "top-5"}[m]
-        header += [f"CV {name}", f"{name} folds (mean ± std)", f"test {name}"]
-    header += [*extras, "status"]
-    body, best = [], {}
-    for i, r in enumerate(summary.itertuples(index=False)):
-        d = r._asdict()
-        cells = [str(i + 1), d["model"], fmt(d["folds"], 0), fmt(d["epochs"], 0), fmt(d["precision"]), fmt(d["device"])]
-        cells += [sig(d[c]) for c in ("params_m", "macs_g", "sec_per_epoch") if has[c]]
-        for m in ("gap", "top1", "top5"):
-            cells += [fmt(d[f"cv_{m}"]), mean_std(d[f"fold_{m}_mean"], d[f"fold_{m}_std"]), fmt(d[f"test_{m}"])]
-        cells += [fmt(d.get(e)) for e in extras] + [d["status"]]
-        body.append(cells)
-    for k, m in enumerate(("gap", "top1", "top5")):
-        best[first_score + 3 * k] = summary[f"cv_{m}"].tolist()
-        best[first_score + 3 * k + 2] = summary[f"test_{m}"].tolist()
-    return md_table(header, body, best)
-
-
 # --------------------------------------------------------------------------- writer
 
 
@@ -378,15 +301,22 @@ def write_leaderboard(
     write_csv(paths["folds"], board)
     metric = sort_by if sort_by in METRICS else "gap"
     pretty = {"gap": "GAP", "top1": "top-1", "top5": "top-5"}
+    longer = train_longer(info)
+    for line in longer:
+        log.warning("%s: the run stopped while still improving, train longer", line)
     md = [
         f"# Leaderboard: {title}\n",
         f"Sorted by CV {pretty.get(metric, sort_by) if sort_by in METRICS else sort_by}. CV = all out-of-fold rows "
         "pooled; folds = mean ± sample std over folds; test = fold-averaged predictions on the test split. "
-        "Best CV and test values in bold.\n",
-        summary_markdown(summary, extras),
+        f"Best CV and test values in bold; top-5, params, MACs and speed in `leaderboard.csv`.\n",
+        summary_markdown(summary, metric),
+        *([f"\n**Train longer**: these stopped while still improving: {'; '.join(longer)}.\n"] if longer else []),
     ]
     if len(board):
-        md += ["\n## Every row (per fold, CV and test)\n", to_markdown(board.sort_values("model", kind="stable"))]
+        rows_md = board[[c for c in (*COLUMNS, "best_epoch", *extras) if c in board]].sort_values(
+            "model", kind="stable"
+        )
+        md += [f"\n## Every row (per fold, CV and test; all columns in `{FOLDS_CSV}`)\n", to_markdown(rows_md)]
     write_text(paths["md"], "\n".join(md))
     shown = [metric] + [m for m in ("gap", "top1") if m != metric][:1]
     plot_leaderboard(summary, folds, paths["png"], f"{title}: sorted by CV {pretty[metric]}", shown)

@@ -10,6 +10,9 @@ import pandas as pd
 
 from pipeline.report.plots_base import new_figure, save, short
 
+# bar colours of the per-class figure: failing, below the run's overall top-1, at or above it
+RED, ORANGE, BLUE = (0.84, 0.24, 0.2), (0.95, 0.6, 0.2), (0.3, 0.6, 0.8)
+
 
 def plot_per_class(table: pd.DataFrame, path: str | Path, title: str = "", worst: int = 15) -> Path:
     """Per-class top-1 of one run, sorted; the worst classes named with their size and the class
@@ -19,7 +22,7 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, title: str = "", worst
     macro = float(t["top1"].mean()) if len(t) else float("nan")
     n = len(t)
     if n <= 30:
-        fig = new_figure(7.0, 0.26 * n + 1.5)
+        fig = new_figure(7.0, max(0.26 * n + 1.5, 2.8))  # room for the legend of a few classes
         ax = fig.subplots()
         _class_bars(ax, t, overall, macro)
         ax.set_title(f"{n} classes, worst first (→ most frequent wrong class)", fontsize=9)
@@ -56,9 +59,7 @@ def _class_bars(ax, rows: pd.DataFrame, overall: float, macro: float) -> None:
     """One bar per class: red below 0.5, orange below the overall top-1, blue above it; each
     written with its size and the class it is most often taken for."""
     yy = np.arange(len(rows))
-    colors = [
-        (0.84, 0.24, 0.2) if v < 0.5 else (0.95, 0.6, 0.2) if v < overall else (0.3, 0.6, 0.8) for v in rows["top1"]
-    ]
+    colors = [RED if v < 0.5 else ORANGE if v < overall else BLUE for v in rows["top1"]]
     ax.barh(yy, rows["top1"], color=colors, height=0.75)
     labels = [short(d, 20) for d in rows["display"]]
     ax.set_yticks(yy, labels, fontsize=8 if len(rows) <= 30 else 6)
@@ -76,6 +77,23 @@ def _class_bars(ax, rows: pd.DataFrame, overall: float, macro: float) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel("top-1 (OOF)", fontsize=9)
+    _class_legend(ax, overall, macro)
+
+
+def _class_legend(ax, overall: float, macro: float) -> None:
+    """What the bar colours and the two lines mean, top right where the worst (shortest) bars
+    leave room."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=RED, label="top-1 < 0.5"),
+        Patch(color=ORANGE, label=f"below overall ({overall:.3f})"),
+        Patch(color=BLUE, label="at or above overall"),
+        Line2D([], [], color="0.2", ls="--", lw=1, label="overall top-1"),
+        Line2D([], [], color="0.2", ls=":", lw=1, label=f"mean per class ({macro:.3f})"),
+    ]
+    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.9)
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title: str = "") -> Path:
