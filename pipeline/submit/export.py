@@ -51,9 +51,9 @@ from pipeline.runs.scan import finished_runs, mark_done
 log = logging.getLogger(__name__)
 
 PROJECT_PACKAGES = ("common", "data_prep", "pipeline")
+
+
 @torch.no_grad()
-
-
 def fuse_model(model: torch.nn.Module, img_size: int, where: str | Path = "") -> bool:
     """Re-parameterise ``model`` in place (eval mode) when it can; True if its weights changed form.
 
@@ -168,7 +168,6 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run_export(cfg: ExportConfig) -> Path:
 def _project_root() -> Path | None:
     """The checkout this code runs from (None when installed from the wheel)."""
     root = Path(__file__).resolve().parents[2]
@@ -209,9 +208,10 @@ def check_out_dir(cfg: ExportConfig) -> Path:
     return final
 
 
+def run_export(cfg: ExportConfig) -> Path:
     """Write the bundle of ``cfg.experiment``; returns its folder. Every run is checked first."""
-    data_dir = cfg.data_dir
     check_out_dir(cfg)
+    data_dir = cfg.data_dir
     label_map = schema.read_label_map(data_dir)
     current = read_prep_identity(data_dir)
     runs = finished_runs(cfg.runs_root, cfg.experiment, cfg.models or None, cfg.folds or None)
