@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
 from common import schema
-from common.errors import DataError
+from common.errors import DataError, PipelineError
 from pipeline.ensemble.stage import run_ensemble
 from pipeline.runs.predfile import WEIGHTS_KEY, load_predictions, weights_sha
 from pipeline.submit.stage import run_submit
@@ -211,3 +212,86 @@ def test_gap_says_so_when_the_solution_of_broken_rows_is_gone(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"GAP {_hand_gap(ANSWERS, 4):.4f} over the 5 labelled rows" in out
     assert "note: 1 unreadable row(s) not scored: their labels are in" in out and "solution.csv" in out
+
+
+# ---------------------------------------------------------------- 4. export never overwrites what it did not write
+
+
+def _export_cfg(tmp_path, out_dir, experiment: str = "exp"):
+    from pipeline.config import ExportConfig
+
+    return ExportConfig(
+        dataset="ds",
+        data_root=str(tmp_path / "data"),
+        runs_root=str(tmp_path / "runs"),
+        experiment=experiment,
+        out_dir=str(out_dir),
+        wheel=False,
+    )
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (lambda t: t / "runs", r"out_dir=.*runs is inside runs_root"),
+        (lambda t: t / "runs" / "exp" / "bundles", r"is inside runs_root"),
+        (lambda t: t / "data" / "ds", r"is inside data_root"),
+        (lambda t: REPO, r"is the checkout \(it holds more than bundles\)"),
+        (lambda t: REPO / "pipeline", r"is the project folder .*pipeline \(it holds more than bundles\)"),
+        (lambda t: REPO / "configs" / "x", r"is the project folder .*configs"),
+    ],
+)
+def test_export_refuses_an_out_dir_it_does_not_own(tmp_path, capsys, out, message):
+    from common.cli import run_main
+    from pipeline.__main__ import main as cli
+
+    write_data(tmp_path)
+    run_dir(tmp_path, "m1", 0)
+    before, repo_before = _tree(tmp_path), _tree(REPO / "configs")
+    with pytest.raises(PipelineError, match=message):
+        from pipeline.submit.export import run_export
+
+        run_export(_export_cfg(tmp_path, out(tmp_path)))
+    args = ["export", f"data_root={tmp_path / 'data'}", f"runs_root={tmp_path / 'runs'}", "dataset=ds",
+            "experiment=exp", f"out_dir={out(tmp_path)}", "wheel=false"]  # fmt: skip
+    assert run_main(cli, args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: export: ")
+    assert _tree(tmp_path) == before and _tree(REPO / "configs") == repo_before
+    assert not (REPO / "exp").exists() and not (REPO / "configs" / "x").exists()
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
+    from pipeline.submit.export import run_export
+
+    write_data(tmp_path)
+    mine = tmp_path / "out" / "exp"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own work")
+    before = _tree(tmp_path / "out")
+    with pytest.raises(
+        PipelineError, match=r"out/exp exists and is not a bundle \(no bundle\.json written by export\)"
+    ):
+        run_export(_export_cfg(tmp_path, tmp_path / "out"))
+    assert _tree(tmp_path / "out") == before
+    with pytest.raises(PipelineError, match="must be one plain folder name"):
+        run_export(_export_cfg(tmp_path, tmp_path / "out", experiment="../../x"))
+
+
+def test_export_accepts_a_folder_of_bundles(tmp_path):
+    """A folder holding bundles only (export's default out_dir) passes the check."""
+    from pipeline.submit.export import check_out_dir
+
+    out = tmp_path / "export"
+    (out / "exp").mkdir(parents=True)
+    (out / "exp" / "bundle.json").write_text("{}")
+    (out / "other").mkdir()
+    (out / "other" / "bundle.json").write_text("{}")
+    assert check_out_dir(_export_cfg(tmp_path, out)) == (out / "exp").resolve()
