@@ -71,8 +71,11 @@ class TopK:
         return out
 
 
-def concat(parts: list[TopK]) -> TopK:
-    """The rows of several :class:`TopK` blocks (one C, one k) one after the other."""
+def concat(parts: list) -> TopK | np.ndarray:
+    """The rows of several score blocks one after the other: :class:`TopK` blocks (one C, one k)
+    or dense arrays."""
+    if not all(isinstance(b, TopK) for b in parts):
+        return np.concatenate(parts)
     return TopK(np.concatenate([b.idx for b in parts]), np.concatenate([b.val for b in parts]), parts[0].num_classes)
 
 
