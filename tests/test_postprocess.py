@@ -1,20 +1,25 @@
-"""Non-landmark post-processing: the per-class penalty and the threshold, alone and in the ensemble stage."""
+"""Non-landmark post-processing: the per-class penalty, the threshold and landmark-ness, alone and in the ensemble."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from common.errors import DataError
+from common.errors import ConfigError, DataError, PipelineError
+from pipeline.ensemble.blend import stream_ensemble
+from pipeline.ensemble.plan import final_answers, landmark_rows, make_plan
 from pipeline.ensemble.postprocess import (
     PostProcess,
     TuningSet,
     class_penalty,
+    fit_landmark,
     fit_postprocess,
+    tune_landmark,
     tune_strength,
     tune_threshold,
 )
 from pipeline.ensemble.stage import run_ensemble
-from pipeline.metrics import gap
+from pipeline.infer.retrieval import load_nearest, nearest_file, save_nearest
+from pipeline.metrics import gap, top1
 from tests.ensemble_helpers import config, onehot_probs, run_dir, write_data, write_pred
 
 NAN = float("nan")
@@ -149,3 +154,89 @@ def test_penalty_without_pool_predictions_is_one_error(pool_runs):
     with pytest.raises(DataError, match=r"nonlandmark\.npz.*manifests=nonlandmark"):
         run_ensemble(config(pool_runs, penalty="tune"))
     assert not (pool_runs / "submissions").exists()
+
+
+# --------------------------------------------------------------------------- landmark-ness
+
+
+def test_landmark_ness_scales_by_the_nearest_photo_similarity():
+    pred = np.array([0, 1, -1, 2])
+    conf = np.array([0.8, 0.6, NAN, 0.5])
+    sim = np.array([0.5, 1.0, 0.9, -0.2])
+    p, c = PostProcess(landmark=0.125)(pred, conf, sim)  # power 16 * 0.125 = 2
+    np.testing.assert_allclose(c, [0.8 * 0.25, 0.6, NAN, 0.0])  # a negative cosine: 0
+    assert list(p) == [0, 1, -1, 2] and PostProcess(landmark=0.125).active
+    assert "landmark-ness 0.125" in PostProcess(landmark=0.125).describe()
+    with pytest.raises(PipelineError, match="one nearest-photo similarity per answer"):
+        PostProcess(landmark=0.5)(pred, conf)
+
+
+def test_tuned_landmark_ness_moves_photos_far_from_training_photos_down():
+    pred, conf, labels = _nonlandmark_case()
+    sim = np.where(labels >= 0, 0.95, 0.5)  # landmarks near a training photo, non-landmarks far
+    a, best = tune_landmark(pred, conf, labels, sim)
+    # non-landmarks 0.8 * 0.5^p fall below landmarks 0.6 * 0.95^p for p = 16a > 0.448: a = 0.05
+    assert best == pytest.approx(1.0) and a == pytest.approx(0.05)
+    assert gap(*PostProcess(landmark=0.0)(pred, conf, sim), labels) < 1.0
+
+
+def test_landmark_ness_tunes_without_a_pool():
+    """OOF rows alone: wrong answers far from their class's photos, right ones near."""
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    pred = np.array([0, 1, 2, 1, 2, 0])
+    conf = np.array([0.6, 0.6, 0.6, 0.9, 0.9, 0.9])
+    sim = np.array([0.9, 0.9, 0.9, 0.4, 0.4, 0.4])
+    pp, report = fit_landmark(TuningSet(pred, conf, labels), sim, None, "tune")
+    assert report["landmark"] > 0 and pp.landmark == report["landmark"]
+    # right answers first: (1 + 1 + 1) / 6; before, the 3 wrong ones ranked above them
+    assert report["tune_gap"] == pytest.approx(0.5)
+    assert report["tune_gap_before"] == pytest.approx((1 / 4 + 2 / 5 + 3 / 6) / 6)
+    fixed, rep = fit_landmark(TuningSet(pred, conf, labels), sim, None, 0.25)
+    assert fixed.landmark == 0.25 and rep["tune_n"] == 6
+
+
+def _write_nearest(root, sims: dict[str, dict[str, float]]):
+    for fold in (0, 1):
+        d = run_dir(root, "m", fold)
+        for manifest, by_id in sims.items():
+            ids = list(by_id)
+            if manifest == "oof":  # a fold's OOF rows only
+                ids = [i for i in ids if int(i[1:]) % 2 == fold]
+            save_nearest(d / nearest_file(manifest), np.array(ids), np.array([by_id[i] for i in ids]))
+
+
+def test_landmark_ness_in_the_plan_with_and_without_the_pool(pool_runs):
+    _, _, labels = _nonlandmark_case()
+    test_sim = {f"t{i}": (0.95 if labels[i] >= 0 else 0.3) for i in range(8)}
+    _write_nearest(pool_runs, {"oof": {f"o{i}": 0.9 for i in range(8)}, "test": test_sim,
+                               "nonlandmark": {f"n{i}": 0.3 for i in range(12)}})  # fmt: skip
+    plan = make_plan(config(pool_runs, landmarkness="tune"))
+    assert plan.lm_report["with_pool"] and plan.landmark.landmark > 0  # the pool is what it learns from
+    assert plan.lm_report["tune_gap"] > plan.lm_report["tune_gap_before"]
+    cv = [r for r in plan.rows if r["model"] == "ensemble+landmark"]
+    assert len(cv) == 1 and cv[0]["fold"] == "cv"
+    test = stream_ensemble(plan.paths("test"), "test", [plan.weights], "mean", plan.checker)[0]
+    (row,) = landmark_rows(plan, "test", test, "test")
+    assert row["gap"] == pytest.approx(1.0) and gap(*top1(test.probs), test.labels) < 0.9
+    pred, conf = final_answers(plan, "test", test)
+    assert conf[0] < 0.95 and conf[4] < conf[1]  # the non-landmark now ranks below the landmarks
+    # without the pool's similarities: tuned on the OOF rows alone, no error
+    (pool_runs / "runs" / "exp" / "m" / "fold1" / nearest_file("nonlandmark")).unlink()
+    plan = make_plan(config(pool_runs, landmarkness="tune"))
+    assert not plan.lm_report["with_pool"]
+    # a missing similarity file is one line naming it
+    (pool_runs / "runs" / "exp" / "m" / "fold0" / nearest_file("test")).unlink()
+    with pytest.raises(DataError, match=r"fold0/nearest_test\.npz: nearest-photo similarities missing.*make embed"):
+        landmark_rows(plan, "test", test, "test")
+
+
+def test_bad_similarity_files_and_settings_are_one_line(tmp_path):
+    path = tmp_path / "nearest_test.npz"
+    np.savez(path, ids=np.array(["a", "b"]), sim=np.array([0.5, 3.0]))
+    with pytest.raises(DataError, match="within \\[-1, 1\\]"):
+        load_nearest(path)
+    with pytest.raises(PipelineError, match="2 ids but similarities of shape"):
+        save_nearest(path, np.array(["a", "b"]), np.array([0.5]))
+    write_data(tmp_path)
+    with pytest.raises(ConfigError, match="landmarkness must be none, tune or a number in \\[0, 1\\], got '2'"):
+        config(tmp_path, landmarkness="2")

@@ -16,10 +16,12 @@ from common.errors import ConfigError, DataError
 from pipeline.config import EnsembleConfig
 from pipeline.ensemble.blend import blend, stream_ensemble
 from pipeline.ensemble.inputs import Checker, Preds, pred_paths, score_row
-from pipeline.ensemble.postprocess import PostProcess, TuningSet, fit_postprocess
+from pipeline.ensemble.postprocess import PostProcess, TuningSet, fit_landmark, fit_postprocess
 from pipeline.ensemble.weights import check_weights, crossfit, normalise, objective, select_weights
-from pipeline.metrics import score_all, top1
+from pipeline.infer.retrieval import load_nearest, nearest_file
+from pipeline.metrics import gap, score_all, top1
 from pipeline.runs.scan import fold_label, scan
+from pipeline.scores import concat
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Plan:
     fit: dict = field(default_factory=dict)
     postprocess: dict[str, PostProcess] = field(default_factory=dict)  # variant -> what it applies
     pp_report: dict[str, dict] = field(default_factory=dict)
+    landmark: PostProcess | None = None  # landmark-ness (needs each query's nearest-photo similarity)
+    lm_report: dict = field(default_factory=dict)
 
     def paths(self, manifest: str, hint: str = "") -> dict[str, list[Path]]:
         return pred_paths(self.runs, manifest, self.cfg.tta, hint, self.cfg.knn)
@@ -72,7 +76,7 @@ def _model_oof(name: str, files: list[Path], dirs: list[Path], checker: Checker)
             f"model '{name}': id '{ids[int(dup.to_numpy().argmax())]}' is out-of-fold in two folds "
             "(runs made with different fold files?)"
         )
-    probs = np.concatenate([p["probs"] for p in parts])
+    probs = concat([p["probs"] for p in parts])
     return Preds(ids, np.concatenate([p["labels"] for p in parts]), probs, str(files[0])), rows
 
 
@@ -126,6 +130,7 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
     names = list(runs)
     thr, pen = cfg.threshold_setting, cfg.penalty_setting
     tune_oof = cfg.tune_on == "oof+pool" and ("tune" in (thr, pen))
+    tune_oof = tune_oof or landmark_setting(cfg) == "tune"
     need_oof = need_oof or cfg.fit_weights or tune_oof
     if cfg.weights:
         weights = dict(zip(cfg.models, normalise(cfg.weights)))
@@ -163,6 +168,8 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
         for suffix, (t, p) in variants.items():
             plan.postprocess[suffix], plan.pp_report[suffix] = fit_postprocess(tuning, t, p)
             log.info("ensemble%s: %s", suffix, plan.postprocess[suffix].describe())
+    if landmark_setting(cfg) is not None:
+        _fit_landmark(plan)
     return plan
 
 
@@ -261,3 +268,84 @@ def _tuning_set(plan: Plan, need_pool: bool) -> TuningSet:
             plan.checker,
         )[0].probs
     return TuningSet(pred, conf, labels, pool, pool_in_tuning=cfg.tune_on == "oof+pool", seed=cfg.fit_seed)
+
+
+# --------------------------------------------------------------------------- landmark-ness
+
+
+LANDMARK = "+landmark"  # the leaderboard variant of landmark-ness
+
+
+def landmark_setting(cfg: EnsembleConfig) -> float | str | None:
+    """None (off), ``"tune"`` or the landmark-ness ``a`` (validated with the config)."""
+    return EnsembleConfig._setting("landmarkness", cfg.landmarkness)
+
+
+def similarity(plan: Plan, manifest: str, ids: np.ndarray) -> np.ndarray:
+    """Each id's similarity to its nearest training photo (``nearest_<manifest>.npz`` of the embed
+    stage): per model the mean over the folds that have the id (OOF: its one fold), then the
+    models' weighted mean, with the ensemble's weights. One error line for a missing file or id."""
+    out = np.zeros(len(ids))
+    for name, dirs in plan.runs.items():
+        frames = [pd.DataFrame(dict(zip(("id", "sim"), load_nearest(d / nearest_file(manifest))))) for d in dirs]
+        per_id = pd.concat(frames).groupby("id")["sim"].mean()
+        absent = ~pd.Index(ids).isin(per_id.index)
+        if absent.any():
+            raise DataError(
+                f"{dirs[0] / nearest_file(manifest)}: no similarity for id '{ids[int(np.argmax(absent))]}' "
+                f"of model '{name}' (run 'make embed' again)"
+            )
+        out += plan.weights[name] * per_id.loc[ids].to_numpy()
+    return out
+
+
+def _pool_similarity(plan: Plan) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The non-landmark pool's ensemble probabilities and similarities, or (None, None) without a
+    pool (landmark-ness is then tuned on the OOF rows alone)."""
+    try:
+        pool = _tuning_set(plan, need_pool=True).pool_probs
+        pool_ids = plan.checker.rows[schema.NONLANDMARK][0]
+        return pool, similarity(plan, schema.NONLANDMARK, pool_ids)
+    except DataError as e:
+        log.info("landmark-ness: tuned without the non-landmark pool (%s)", e)
+        return None, None
+
+
+def _fit_landmark(plan: Plan) -> None:
+    """Tune (or set) landmark-ness on the OOF rows plus the pool where there is one; a CV row."""
+    setting, oof = landmark_setting(plan.cfg), plan.oof
+    if oof is None:
+        if setting == "tune":
+            raise DataError("landmarkness=tune needs the ensemble's OOF rows (no id is out-of-fold for every model)")
+        plan.landmark = PostProcess(landmark=float(setting))
+        return
+    sim = similarity(plan, OOF, oof.ids)
+    pool, pool_sim = _pool_similarity(plan) if setting == "tune" else (None, None)
+    pred, conf = top1(oof.probs)
+    data = TuningSet(pred, conf, oof.labels, pool, pool_in_tuning=True, seed=plan.cfg.fit_seed)
+    plan.landmark, plan.lm_report = fit_landmark(data, sim, pool_sim, setting)
+    plan.lm_report["with_pool"] = pool is not None
+    facts = {k: plan.lm_report[k] for k in ("landmark", "tune_gap")}
+    cv_gap = gap(*plan.landmark(pred, conf, sim), oof.labels)
+    plan.rows.append({"model": f"ensemble{LANDMARK}", "fold": "cv", "n": len(oof.labels), "gap": cv_gap, **facts})
+    log.info(
+        "ensemble%s: %s (tuned on OOF%s)", LANDMARK, plan.landmark.describe(), " + pool" if pool is not None else ""
+    )
+
+
+def landmark_rows(plan: Plan, manifest: str, preds: Preds, fold: str) -> list[dict]:
+    """The leaderboard row of landmark-ness on ``preds`` (e.g. the test ensemble), if configured."""
+    if plan.landmark is None:
+        return []
+    pred, conf = plan.landmark(*top1(preds.probs), similarity(plan, manifest, preds.ids))
+    facts = {k: plan.lm_report[k] for k in ("landmark", "tune_gap") if k in plan.lm_report}
+    row = {"model": f"ensemble{LANDMARK}", "fold": fold, "n": len(preds.labels), "gap": gap(pred, conf, preds.labels)}
+    return [{**row, **facts}]
+
+
+def final_answers(plan: Plan, manifest: str, preds: Preds) -> tuple[np.ndarray, np.ndarray]:
+    """The answers a CSV gets: landmark-ness (if configured), then every configured post-processing."""
+    pred, conf = top1(preds.probs)
+    if plan.landmark is not None:
+        pred, conf = plan.landmark(pred, conf, similarity(plan, manifest, preds.ids))
+    return plan.final(pred, conf)

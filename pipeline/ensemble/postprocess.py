@@ -11,6 +11,12 @@ class and confidence per query; ``pred = -1`` / ``conf = NaN`` is an empty answe
   value (so ``r`` is in [0, 1]); then ``conf' = conf * (1 - strength * r[pred])``. With
   ``strength`` in [0, 1] confidences stay in [0, 1]. Answers in "non-landmark classes" move
   down the ranking, below the correct landmark answers.
+* **landmark-ness** (re-ranking without a labelled pool): the GLR 2020 winners scored how much a
+  query looks like a landmark by its similarity to the nearest training photo. ``sim`` = that
+  cosine similarity (the embed stage's ``nearest_<manifest>.npz``, averaged over folds and
+  models like the probabilities); ``conf' = conf * max(sim, 0)^(16 * a)`` with ``a`` in [0, 1]:
+  answers on photos far from every training photo move down. It needs no pool: tuned on the
+  OOF rows alone (wrong answers on landmarks are far from their class too) or on OOF + pool.
 * **threshold**: answers with ``conf < threshold`` are left empty. Removing the
   lowest-ranked answers leaves the precision of every answer above them unchanged, so a
   threshold can never raise GAP; tuning it on GAP returns 0 (no threshold). It is here for
@@ -28,11 +34,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.errors import DataError
+from common.errors import DataError, PipelineError
 from common.schema import NON_LANDMARK, OTHER_LANDMARK, UNLABELLED
 from pipeline.metrics import NO_ANSWER, gap
 
 STRENGTHS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the penalty strengths tried by tuning
+LANDMARK_POWER = 16.0  # landmark-ness a in [0, 1] raises the similarity to the power 16 * a
 
 
 def class_penalty(pool_probs: np.ndarray) -> np.ndarray:
@@ -45,6 +52,12 @@ def class_penalty(pool_probs: np.ndarray) -> np.ndarray:
     return r / top if top > 0 else r
 
 
+def landmark_scale(sim: np.ndarray, a: float) -> np.ndarray:
+    """``max(sim, 0)^(LANDMARK_POWER * a)``: 1 for a photo identical to a training photo, 0 for an
+    unrelated one (cosine <= 0)."""
+    return np.clip(np.asarray(sim, dtype=np.float64), 0.0, 1.0) ** (LANDMARK_POWER * a)
+
+
 @dataclass
 class PostProcess:
     """What is applied to the answers: ``conf * (1 - strength * r[pred])``, then the threshold."""
@@ -52,12 +65,20 @@ class PostProcess:
     strength: float = 0.0
     penalty: np.ndarray | None = None  # r, one value per class
     threshold: float | None = None
+    landmark: float = 0.0  # a: conf * max(sim, 0)^(LANDMARK_POWER * a)
 
-    def __call__(self, pred: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """New ``(pred, conf)`` arrays (inputs untouched); empty answers stay empty."""
+    def __call__(
+        self, pred: np.ndarray, conf: np.ndarray, sim: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """New ``(pred, conf)`` arrays (inputs untouched); empty answers stay empty. ``sim``: each
+        query's similarity to its nearest training photo (needed when ``landmark`` is set)."""
         pred = np.asarray(pred).copy()
         conf = np.asarray(conf, dtype=np.float64).copy()
         answered = (pred >= 0) & ~np.isnan(conf)
+        if self.landmark:
+            if sim is None or len(sim) != len(conf):
+                raise PipelineError("landmark-ness needs one nearest-photo similarity per answer (make embed)")
+            conf[answered] *= landmark_scale(np.asarray(sim)[answered], self.landmark)
         if self.strength and self.penalty is not None:
             conf[answered] *= 1.0 - self.strength * self.penalty[pred[answered]]
         if self.threshold is not None:
@@ -67,10 +88,10 @@ class PostProcess:
 
     @property
     def active(self) -> bool:
-        return bool(self.strength and self.penalty is not None) or self.threshold is not None
+        return bool(self.strength and self.penalty is not None) or self.threshold is not None or bool(self.landmark)
 
     def describe(self) -> str:
-        parts = []
+        parts = [f"landmark-ness {self.landmark:g}"] if self.landmark else []
         if self.strength and self.penalty is not None:
             parts.append(f"penalty strength {self.strength:g}")
         if self.threshold is not None:
@@ -187,3 +208,38 @@ def fit_postprocess(
     }
     final_r = class_penalty(data.pool_probs) if (strength and data.pool_probs is not None) else None
     return PostProcess(strength, final_r, thr), report
+
+
+def tune_landmark(
+    pred: np.ndarray, conf: np.ndarray, labels: np.ndarray, sim: np.ndarray, strengths: np.ndarray = STRENGTHS
+) -> tuple[float, float]:
+    """The landmark-ness ``a`` with the best GAP on ``labels`` (ties: the weakest), and that GAP."""
+    best_a, best = 0.0, gap(pred, conf, labels)
+    for a in strengths:
+        if a == 0:
+            continue
+        g = gap(*PostProcess(landmark=float(a))(pred, conf, sim), labels)
+        if g > best + 1e-12:
+            best_a, best = float(a), g
+    return best_a, best
+
+
+def fit_landmark(
+    data: TuningSet, sim: np.ndarray, pool_sim: np.ndarray | None, setting: float | str
+) -> tuple[PostProcess, dict[str, float]]:
+    """Landmark-ness (``"tune"`` or a value) as a :class:`PostProcess`, tuned on the tuning rows
+    (``sim`` one per row) plus, when ``pool_sim`` and the pool's probabilities are given, every pool
+    image as a non-landmark (only one number is learnt, so the pool is not halved)."""
+    pred, conf, labels = data.pred, data.conf, data.labels
+    if pool_sim is not None and data.pool_probs is not None and data.pool_in_tuning:
+        pool = np.asarray(data.pool_probs)
+        p_pred = pool.argmax(axis=1)
+        pred = np.concatenate([pred, p_pred])
+        conf = np.concatenate([conf, pool[np.arange(len(p_pred)), p_pred].astype(np.float64)])
+        labels = np.concatenate([labels, np.full(len(p_pred), NON_LANDMARK)])
+        sim = np.concatenate([sim, pool_sim])
+    a = tune_landmark(pred, conf, labels, sim)[0] if setting == "tune" else float(setting)
+    pp = PostProcess(landmark=a)
+    after = gap(*pp(pred, conf, sim), labels)
+    report = {"landmark": a, "tune_gap_before": gap(pred, conf, labels), "tune_gap": after, "tune_n": len(labels)}
+    return pp, report

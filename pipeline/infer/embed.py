@@ -37,7 +37,7 @@ from pipeline.config import PredictConfig
 from pipeline.data.datasets import build_dataset, normalize
 from pipeline.data.loaders import make_loader
 from pipeline.infer.core import check_runs, lock_folders, make_accelerator, run_cache
-from pipeline.infer.retrieval import fuse, knn, knn_class_scores
+from pipeline.infer.retrieval import fuse, knn, knn_class_scores, nearest_file, save_nearest
 from pipeline.infer.tta import TTA
 from pipeline.metrics import score_all
 from pipeline.runs.load import RunInfo, load_run
@@ -143,11 +143,14 @@ class KnnSetting:
     beta: float
 
 
-def _knn_scores(q: np.ndarray, g: np.ndarray, g_labels: np.ndarray, c: int, s: KnnSetting, dtype: str) -> np.ndarray:
+def _knn_scores(
+    q: np.ndarray, g: np.ndarray, g_labels: np.ndarray, c: int, s: KnnSetting, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class scores, each query's similarity to its nearest gallery photo: its landmark-ness)."""
     if s.k > len(g):
         raise PipelineError(f"knn_k={s.k} is larger than the gallery ({len(g)} training images); lower knn_k")
     sims, idx = knn(q, g, s.k, compute_dtype=dtype)
-    return knn_class_scores(sims, idx, g_labels, c, power=s.power)
+    return knn_class_scores(sims, idx, g_labels, c, power=s.power), sims[:, 0].copy()
 
 
 def tune_fusion(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[float, float, float]:
@@ -183,7 +186,7 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
     gallery = np.asarray(g_emb[in_gallery], dtype=np.float32)
     g_labels = train.loc[g_ids[in_gallery], "label"].to_numpy()
     setting = KnnSetting(cfg.knn_k, cfg.knn_power, cfg.knn_alpha, cfg.knn_beta)
-    queries: dict[str, tuple[dict, np.ndarray]] = {}  # manifest -> (plain predictions, knn scores)
+    queries: dict[str, tuple[dict, tuple]] = {}  # manifest -> (plain predictions, (knn scores, top-1 sims))
     q_ids, q_emb = (g_ids, g_emb) if info.fold >= 0 else read_embeddings(run_dir, "val")  # holdout: val rows
     pos = pd.Series(np.arange(len(q_ids)), index=q_ids)[oof["ids"]].to_numpy()
     q = np.asarray(q_emb[pos], dtype=np.float32)
@@ -200,14 +203,15 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
         queries[m] = (preds, _knn_scores(q, gallery, g_labels, num_classes, setting, cfg.knn_compute_dtype))
     tuned = None
     if cfg.knn_tune:
-        tuning = [(p["probs"], s, p["labels"]) for m, (p, s) in queries.items() if m in ("oof", schema.NONLANDMARK)]
+        tuning = [(p["probs"], s[0], p["labels"]) for m, (p, s) in queries.items() if m in ("oof", schema.NONLANDMARK)]
         if tuning:
             setting.alpha, setting.beta, gap = tune_fusion(tuning)
             tuned = {"on": [m for m in queries if m in ("oof", schema.NONLANDMARK)], "gap": gap}
             log.info("%s: kNN fusion alpha %.1f beta %.1f (GAP %.4f on OOF + pool)", info.tag, setting.alpha,
                      setting.beta, gap)  # fmt: skip
     written = []
-    for m, (preds, scores) in queries.items():
+    for m, (preds, (scores, nearest)) in queries.items():
+        save_nearest(run_dir / nearest_file(m), preds["ids"], nearest)
         path = run_dir / schema.pred_file(m, source="knn")
         meta = {**preds["meta"], "source": "knn", "knn": {**setting.__dict__, "tuned": tuned,
                 "gallery": int(in_gallery.sum())}, WEIGHTS_KEY: weights_sha(info.weights)}  # fmt: skip

@@ -11,7 +11,10 @@ models, no files): embeddings come from ``model.embed`` (:mod:`pipeline.models.h
 * :func:`fuse`: ``clf_probs^alpha * knn_scores^beta`` (Ha et al. 2020's product of powers).
 
 Non-landmark queries have no close neighbour: their scores stay low, and ``sims[:, 0]`` (the raw
-largest similarity, :func:`knn` returns neighbours best first) is there for a threshold.
+largest similarity, :func:`knn` returns neighbours best first) says how much a query looks like
+any training photo, its "landmark-ness" (the GLR 2020 winners' non-landmark cue). The embed stage
+keeps it per query in ``nearest_<manifest>.npz`` (:func:`save_nearest`, :func:`load_nearest`), which
+the ensemble's post-processing reads.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from common.errors import DataError, PipelineError
+from common.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +224,29 @@ def fuse(clf_probs: np.ndarray, knn_scores: np.ndarray, alpha: float = 1.0, beta
         if v.size and not (np.isfinite(v).all() and v.min() >= -1e-6 and v.max() <= 1 + 1e-6):
             raise DataError(f"fuse: {what} must lie in [0, 1]")
     return (np.clip(p, 0, 1) ** alpha * np.clip(s, 0, 1) ** beta).astype(np.float32)
+
+
+def nearest_file(manifest: str) -> str:
+    """The file of a run folder holding each query's similarity to its nearest training photo."""
+    return f"nearest_{manifest}.npz"
+
+
+def save_nearest(path: str | Path, ids: np.ndarray, sims: np.ndarray) -> None:
+    """``ids`` and their top-1 similarities (float32), written atomically."""
+    sims = np.asarray(sims, dtype=np.float32)
+    if sims.shape != (len(ids),) or not np.isfinite(sims).all():
+        raise PipelineError(f"{path}: {len(ids)} ids but similarities of shape {sims.shape} (or non-finite)")
+    with atomic_write(path, "wb") as f:
+        np.savez(f, ids=np.asarray(ids).astype(str), sim=sims)
+
+
+def load_nearest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, top-1 similarities in [-1, 1]) of :func:`save_nearest`; one error line when absent or bad."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ids, sims = z["ids"], z["sim"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: nearest-photo similarities missing or unreadable ({e}); run 'make embed'") from None
+    if sims.shape != ids.shape or not (np.isfinite(sims).all() and np.abs(sims).max(initial=0) <= 1 + NORM_TOL):
+        raise DataError(f"{path}: similarities must be finite, within [-1, 1], one per id; run 'make embed' again")
+    return ids, sims
