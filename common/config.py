@@ -389,7 +389,7 @@ def config_help(cls: type) -> str:
         rows.append((f.name, _type_name(hints[f.name]), repr(default), f.metadata.get("help", "")))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    lines = [f"keys of the {cls.__name__} (key=value on the command line; YAML section of the stage):"]
+    lines = [f"keys of the {cls.__name__} (key=value or --key value; key.sub=value: one entry of a mapping):"]
     for name, tp, default, text in rows:
         lines.append(f"  {name:<{w0}}  {tp:<{w1}}  {text} [default: {default}]")
     return "\n".join(lines)
