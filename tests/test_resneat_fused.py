@@ -39,11 +39,12 @@ def _fused(au: AttentionUnit, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize("chunk", [1 << 19, 700, 1])  # one block; several rows per block; one group/row per block
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_scale_and_gradients_equal_the_formula(monkeypatch, path, chunk, dtype) -> None:
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_fused_scale_and_gradients_equal_the_formula(monkeypatch, path, chunk, dtype, layout) -> None:
     monkeypatch.setattr(resneat, "_gram_is_cheaper", lambda *a: PATHS[path])
     monkeypatch.setattr(resneat, "_CHUNK_ELEMENTS", chunk)
     au = _unit(dtype=dtype)
-    x = torch.randn(3, 64, 5, 4, dtype=dtype).relu().contiguous(memory_format=torch.channels_last)
+    x = torch.randn(3, 64, 5, 4, dtype=dtype).relu().contiguous(memory_format=layout)
     x.requires_grad_()
     g = torch.randn(3, 128, 1, 1, dtype=dtype)
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 2e-5, "atol": 1e-6}
