@@ -130,3 +130,5 @@ def test_readme_first_screen_and_its_links():
             if anchor and path.suffix == ".md":
                 headings = re.findall(r"^#+ (.*)$", path.read_text(), re.M)
                 assert anchor in {_anchor(h) for h in headings}, (page.name, target)
+        for code in re.findall(r"`((?:pipeline|data_prep|common|bench|tests)/[\w/]+\.py)", page.read_text()):
+            assert (REPO / code).is_file(), (page.name, code)  # a module named in the docs still exists there
