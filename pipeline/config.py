@@ -224,8 +224,9 @@ class EnsembleConfig:
     data_root: str = opt("data", help="where prep wrote data/<dataset>/")
     runs_root: str = opt("runs", help="where training wrote runs/<experiment>/")
     experiment: str = opt("default", help="which experiment's runs to ensemble")
-    name: str = opt("default", help="submissions/<name>.csv")
+    name: str = opt("{experiment}", help="submissions/<name>.csv, a plain file name; {experiment}: the experiment")
     submissions_dir: str = opt("submissions", help="where submissions are written")
+    overwrite: bool = opt(False, help="submit: replace submissions/<name>.csv even when another experiment wrote it")
     models: list[str] = opt([], help="models to ensemble; empty = every model with finished folds")
     method: str = opt(
         "mean",
@@ -260,6 +261,9 @@ class EnsembleConfig:
 
     def validate(self) -> None:
         check_declared(self)
+        self.name = self.name.replace("{experiment}", self.experiment)
+        if self.name in ("", ".", "..") or "/" in self.name or "\0" in self.name or len(self.name.encode()) > 200:
+            raise ConfigError(f"ensemble: name '{self.name[:60]}' must be one plain file name (no '/', 1-200 bytes)")
         if self.weights:
             if len(self.weights) != len(self.models):
                 raise ConfigError(
@@ -330,21 +334,15 @@ class PredictConfig:
     channels_last: str = opt("auto", help="auto | true | false")
     cpu: bool = opt(False, help="force the CPU even with a GPU")
     probs_dtype: str = opt(
-        "float16", help="stored probabilities: float16 (half the disk) | float32", choices=("float16", "float32")
+        "float16", help="stored probabilities (float16: half the disk)", choices=("float16", "float32")
     )
     progress: bool = opt(True, help="progress bar (only when stderr is a terminal)")
     images: str | None = opt(None, help="a folder of your own photos (recursive; id = file stem): top-k CSV")
-    out: str | None = opt(
-        None, help="images=DIR: the CSV (default predictions_<dir>.csv in runs_root/<experiment>/, bundle: work_dir)"
-    )
+    out: str | None = opt(None, help="images=DIR: the CSV (default runs_root/<experiment>/predictions_<dir>.csv)")
     top_k: int = opt(5, help="images=DIR: landmarks per image in the CSV", ge=1)
     bundle: str | None = opt(None, help="an export bundle folder: predict with its runs instead of runs_root")
     test_root: str | None = opt(None, help="the competition folder, read directly (no prep); writes a workspace")
-    test_format: str = opt(
-        "auto",
-        help="test_root layout: auto | glr2020 | glr2019 | folder",
-        choices=("auto", "glr2020", "glr2019", "folder"),
-    )
+    test_format: str = opt("auto", help="test_root layout", choices=("auto", "glr2020", "glr2019", "folder"))
     work_dir: str = opt("work", help="test_root: workspace <work_dir>/data/<dataset>/ + <work_dir>/runs/<experiment>/")
     workers: int = opt(2, help="threads decoding and resizing images (images=DIR, test_root=DIR)", ge=1)
     # embed stage: embeddings + kNN re-ranking

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -82,29 +84,38 @@ def test_the_ensemble_refuses_a_stale_training_oof(tmp_path):
         run_ensemble(config(tmp_path))
 
 
-def test_training_and_predict_record_the_final_best_pt(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> Path:
+    """runs_root of one finished tiny run (simple_cnn, fold 0, one epoch) of experiment 'p'."""
+    from pipeline.train.stage import fit
+    from tests.test_predict import train_config
+
+    root = tmp_path_factory.mktemp("hardening_runs")
+    fit(train_config(tiny_data, root, folds=[0]), "simple_cnn", 0)
+    return root
+
+
+def test_training_and_predict_record_the_final_best_pt(tiny_data, trained, tmp_path):
     """A real tiny run: training's oof/test and predict's files carry the sha256 of best.pt; after a
     retrain (best.pt replaced) the ensemble refuses the old files until predict rewrites them."""
-    from pipeline.infer.predict import run_predict
-    from pipeline.train.stage import fit
-    from tests.test_predict import predict_config, train_config
+    import torch
 
-    fit(train_config(tiny_data, tmp_path, folds=[0]), "simple_cnn", 0)
-    run = schema.run_dir(tmp_path, "p", "simple_cnn", 0)
+    from pipeline.infer.predict import run_predict
+    from tests.test_predict import predict_config
+
+    shutil.copytree(trained, tmp_path / "runs")
+    run = schema.run_dir(tmp_path / "runs", "p", "simple_cnn", 0)
     sha = weights_sha(run / schema.RUN_BEST)
     for name in (schema.RUN_OOF, schema.RUN_TEST):
         assert load_predictions(run / name)["meta"][WEIGHTS_KEY] == sha
-    cfg = config(tmp_path, dataset="tiny", data_root=str(tiny_data["data_root"]), runs_root=str(tmp_path),
-                 experiment="p")  # fmt: skip
+    cfg = config(tmp_path, dataset="tiny", data_root=str(tiny_data["data_root"]), experiment="p")
     run_ensemble(cfg)
-    import torch
-
     state = torch.load(run / schema.RUN_BEST, weights_only=False)
     state["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["model"].items()}
     torch.save(state, run / schema.RUN_BEST)  # what a retrain leaves: new weights, old predictions
     with pytest.raises(DataError, match="stale: predicted with an older best.pt"):
         run_ensemble(cfg)
-    run_predict(predict_config(tiny_data, tmp_path, manifests=["oof", "test"]))
+    run_predict(predict_config(tiny_data, tmp_path / "runs", manifests=["oof", "test"]))
     assert load_predictions(run / schema.RUN_TEST)["meta"][WEIGHTS_KEY] == weights_sha(run / schema.RUN_BEST) != sha
     run_ensemble(cfg)
 
@@ -295,3 +306,177 @@ def test_export_accepts_a_folder_of_bundles(tmp_path):
     (out / "other").mkdir()
     (out / "other" / "bundle.json").write_text("{}")
     assert check_out_dir(_export_cfg(tmp_path, out)) == (out / "exp").resolve()
+
+
+# ---------------------------------------------------------------- 5. one line instead of a traceback
+
+
+@pytest.fixture()
+def read_only():
+    """Make folders really read-only, for root too (``chattr +i``: chmod does not stop root)."""
+    made = []
+
+    def make(path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+            pytest.skip("chattr +i not available here")
+        made.append(path)
+        return path
+
+    yield make
+    for p in made:
+        subprocess.run(["chattr", "-i", str(p)], check=False)
+
+
+def _cli(args: list[str], capsys) -> tuple[int, list[str]]:
+    from common.cli import run_main
+    from pipeline.__main__ import main
+
+    capsys.readouterr()
+    code = run_main(main, args)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _one_line(code: int, err: list[str], *parts: str) -> None:
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    for part in parts:
+        assert part in err[0], (part, err[0])
+
+
+def _predict_args(tiny_data, runs_root, *more: str) -> list[str]:
+    return ["predict", "dataset=tiny", f"data_root={tiny_data['data_root']}", f"runs_root={runs_root}",
+            "experiment=p", "mixed_precision=no", "progress=false", *more]  # fmt: skip
+
+
+def test_a_read_only_run_folder_is_one_line(tiny_data, trained, tmp_path, capsys, read_only):
+    shutil.copytree(trained, tmp_path / "runs")
+    run = schema.run_dir(tmp_path / "runs", "p", "simple_cnn", 0)
+    before = sorted(p.name for p in run.iterdir())
+    read_only(run)
+    code, err = _cli(_predict_args(tiny_data, tmp_path / "runs", "manifests=test"), capsys)
+    _one_line(code, err, "predict: cannot write", str(run), "permission denied (a read-only folder?)")
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_read_only_out_or_work_dir_is_one_line(tiny_data, trained, tmp_path, capsys, read_only):
+    from tests.test_export import competition_folder
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = next((tiny_data["data_root"] / "raw" / "tiny").rglob("*.jpg"))
+    shutil.copy(src, photos / "abc.jpg")
+    ro = read_only(tmp_path / "ro")
+    code, err = _cli(_predict_args(tiny_data, trained, f"images={photos}", f"out={ro / 'p.csv'}"), capsys)
+    _one_line(code, err, "predict: cannot write", str(ro))
+    (tmp_path / "a_folder.csv").mkdir()
+    code, err = _cli(_predict_args(tiny_data, trained, f"images={photos}", f"out={tmp_path / 'a_folder.csv'}"), capsys)
+    _one_line(code, err, "a_folder.csv is a folder; give the CSV's file name")
+    test_root, _ = competition_folder(tiny_data, tmp_path / "comp")
+    work = read_only(tmp_path / "work")
+    code, err = _cli(_predict_args(tiny_data, trained, f"test_root={test_root}", f"work_dir={work}"), capsys)
+    _one_line(code, err, "cannot write", str(work))
+    assert list(work.iterdir()) == []
+
+
+def _submit(tmp_path, capsys, *more: str) -> tuple[int, list[str]]:
+    args = ["submit", "dataset=ds", f"data_root={tmp_path / 'data'}", f"runs_root={tmp_path / 'runs'}",
+            "experiment=exp", "name=sub", *more]  # fmt: skip
+    return _cli(args, capsys)
+
+
+def test_submission_folder_and_name_problems_are_one_line(tmp_path, capsys, read_only):
+    _comp(tmp_path)
+    file_dir = tmp_path / "subs_file"
+    file_dir.write_text("a file")
+    _one_line(*_submit(tmp_path, capsys, f"submissions_dir={file_dir}"), "subs_file is a file, not a folder")
+    (tmp_path / "s2" / "sub.csv").mkdir(parents=True)
+    _one_line(*_submit(tmp_path, capsys, f"submissions_dir={tmp_path / 's2'}"), "sub.csv is a folder")
+    ro = read_only(tmp_path / "ro")
+    _one_line(*_submit(tmp_path, capsys, f"submissions_dir={ro}"), "submit: cannot write", str(ro))
+    for name in ("a/b", "../../x", "", "n" * 300):
+        code, err = _submit(tmp_path, capsys, f"submissions_dir={tmp_path / 's3'}", f"name={name}")
+        _one_line(code, err, "must be one plain file name")
+    assert not (tmp_path / "s3").exists() and list(ro.iterdir()) == []
+    assert not (tmp_path / "x.csv").exists() and not (tmp_path / "s3" / "a").exists()
+
+
+def test_compare_out_a_file_and_validate_a_folder_are_one_line(tmp_path, capsys):
+    from tests.runfolders import fake_experiment
+
+    fake_experiment(tmp_path / "runs", "e1", {"m1": 2.0}, folds=(0, 1))
+    out = tmp_path / "compare_out"
+    out.write_text("mine")
+    code, err = _cli(["compare", "e1", "--runs-root", str(tmp_path / "runs"), "--out", str(out)], capsys)
+    _one_line(code, err, "--out", "is a file")
+    assert out.read_text() == "mine"
+    from pipeline.__main__ import main
+
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.strip().splitlines() == [f"{tmp_path}: is a folder, not a submission CSV"]
+
+
+# ---------------------------------------------------------------- 6. submissions named after their experiment
+
+
+def test_the_default_name_is_the_experiment_and_is_recorded(tmp_path):
+    _comp(tmp_path)
+    cfg = config(tmp_path)
+    values = {k: getattr(cfg, k) for k in ("dataset", "data_root", "runs_root", "submissions_dir")}
+    from common.config import build_config
+    from pipeline.config import EnsembleConfig
+
+    cfg = build_config(EnsembleConfig, {**values, "experiment": "exp"}, "test")  # no name given
+    assert cfg.name == "exp"
+    r = run_submit(cfg)
+    assert r["submission"] == tmp_path / "submissions" / "exp.csv"
+    record = json.loads((tmp_path / "submissions" / "exp.json").read_text())
+    assert record["experiment"] == "exp" and record["name"] == "exp"
+    kaggle = build_config(EnsembleConfig, {**values, "experiment": "default_kaggle", "name": "{experiment}_v2"}, "t")
+    assert kaggle.name == "default_kaggle_v2"
+
+
+def test_the_cli_default_name_follows_the_experiment_given_on_the_command_line(tmp_path):
+    from common.config import load_stage_config
+    from pipeline.config import EnsembleConfig
+
+    cfg_file = tmp_path / "ds.yaml"
+    cfg_file.write_text("common:\n  dataset: ds\n  experiment: ds\n")
+    assert load_stage_config(EnsembleConfig, "ensemble", str(cfg_file)).name == "ds"
+    cfg = load_stage_config(EnsembleConfig, "ensemble", str(cfg_file), ["experiment=ds_kaggle"])
+    assert cfg.name == "ds_kaggle"
+    assert load_stage_config(EnsembleConfig, "ensemble", str(cfg_file), ["name=mine"]).name == "mine"
+
+
+def test_a_submission_of_another_experiment_is_never_replaced_without_overwrite(tmp_path, capsys):
+    _comp(tmp_path)
+    run_submit(config(tmp_path))  # experiment 'exp' writes submissions/sub.csv
+    shutil.copytree(tmp_path / "runs" / "exp", tmp_path / "runs" / "exp2")
+    path = tmp_path / "submissions" / "sub.csv"
+    before = path.read_bytes()
+    code, err = _submit(tmp_path, capsys, f"submissions_dir={tmp_path / 'submissions'}", "experiment=exp2")
+    _one_line(code, err, "sub.csv was written by experiment 'exp', this is experiment 'exp2'", "overwrite=true")
+    assert path.read_bytes() == before
+    run_submit(config(tmp_path))  # the same experiment replaces its own file
+    r = run_submit(config(tmp_path, experiment="exp2", overwrite=True))
+    assert r["submission"] == path
+    assert json.loads(path.with_suffix(".json").read_text())["experiment"] == "exp2"
+    path.with_suffix(".json").unlink()  # a CSV that submit did not write (no record)
+    with pytest.raises(PipelineError, match=r"written by something else than submit \(no sub\.json\)"):
+        run_submit(config(tmp_path, experiment="exp2"))
+
+
+def test_the_internal_split_csv_is_not_called_a_submission(tmp_path, capsys):
+    from pipeline.ensemble.stage import main
+
+    write_data(tmp_path)
+    for m in ("m1", "m2"):
+        d = run_dir(tmp_path, m, 0)
+        write_pred(d, "oof", ["a", "b"], [[0.9, 0.1, 0], [0.2, 0.8, 0]], [0, 1])
+        write_pred(d, "test", ["t0"], [[0.5, 0.3, 0.2]], [0])
+    assert main(config(tmp_path)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert not any(line.startswith("submission:") for line in out)
+    assert any(
+        "internal test split answers (not a submission)" in line and "sub_internal_test.csv" in line for line in out
+    )

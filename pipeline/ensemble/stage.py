@@ -54,6 +54,7 @@ from pipeline.ensemble.inputs import Preds, score_row
 from pipeline.ensemble.plan import TEST, Plan, make_plan
 from pipeline.metrics import gap, top1
 from pipeline.report.leaderboard import run_info, write_leaderboard
+from pipeline.runs.predfile import output_errors
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
     root = Path(cfg.runs_root) / cfg.experiment
     if not root.is_dir():
         raise DataError(f"no runs for experiment '{cfg.experiment}' under {root} (run 'make train' first)")
-    with folder_lock(root, "ensemble"):
+    with output_errors("ensemble"), folder_lock(root, "ensemble"):
         plan = make_plan(cfg)
         names = list(plan.runs)
         rows = list(plan.rows)
@@ -135,7 +136,7 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
         write_csv(sub_path, frame)
         paths = write_leaderboard(root, rows, info, cfg.experiment)
     empty = int((frame["landmarks"] == "").sum())
-    log.info("wrote %s (%d rows, %d empty) and %s", sub_path, len(frame), empty, paths["md"])
+    log.info("wrote %s (the internal test split, %d rows, %d empty) and %s", sub_path, len(frame), empty, paths["md"])
     return {"submission": sub_path, "leaderboard": paths["csv"], "rows": pd.DataFrame(rows), "info": info, "plan": plan}
 
 
@@ -143,7 +144,8 @@ def main(cfg: EnsembleConfig) -> int:
     """CLI face: ensemble, then where the outputs went and the headline numbers."""
     out = run_ensemble(cfg)
     plan: Plan = out["plan"]
-    print(f"submission: {out['submission']}\nleaderboard: {out['leaderboard']}")
+    # the internal split's CSV is not a submission: the competition's is `make predict submit`'s
+    print(f"internal test split answers (not a submission): {out['submission']}\nleaderboard: {out['leaderboard']}")
     if plan.fit:
         f = plan.fit
         cf = f"{f['crossfit']:.4f} cross-fitted on halves (honest), " if "crossfit" in f else ""

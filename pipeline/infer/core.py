@@ -23,7 +23,7 @@ from pipeline.data.datasets import build_dataset, normalize
 from pipeline.data.loaders import make_loader
 from pipeline.infer.tta import TTA, check_tta
 from pipeline.runs.load import RunInfo, check_run, load_run, read_run
-from pipeline.runs.predfile import WEIGHTS_KEY, weights_sha
+from pipeline.runs.predfile import WEIGHTS_KEY, output_errors, weights_sha
 from pipeline.runs.prep import PrepIdentity
 from pipeline.scores import choose_k, concat, topk
 
@@ -203,8 +203,9 @@ def lock_folders(stack: contextlib.ExitStack, folders: list[Path], accelerator, 
     error = None
     if accelerator.is_main_process:
         try:
-            for folder in folders:
-                stack.enter_context(folder_lock(folder, what))
+            with output_errors(what):  # a read-only folder is one line too, on every rank
+                for folder in folders:
+                    stack.enter_context(folder_lock(folder, what))
         except PipelineError as e:
             error = str(e)
     if accelerator.num_processes > 1:

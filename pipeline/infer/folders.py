@@ -184,6 +184,8 @@ def predict_images(cfg: PredictConfig) -> Path:
     # beside the runs; for a bundle (read-only on Kaggle) in the work folder
     default_dir = Path(cfg.work_dir) if cfg.bundle else Path(cfg.runs_root) / src.experiment
     out = Path(cfg.out) if cfg.out else default_dir / f"predictions_{folder.resolve().name}.csv"
+    if out.is_dir():
+        raise DataError(f"predict: out={out} is a folder; give the CSV's file name")
     accelerator = make_accelerator(cfg)
     groups: dict[tuple, list[RunInfo]] = {}  # runs that see the same pixels share one decode
     for info in infos:
@@ -252,33 +254,7 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
     with contextlib.ExitStack() as locks:
         lock_folders(locks, [work], accelerator, "predict test_root")
         if accelerator.is_main_process:
-            shutil.rmtree(wdata / "images", ignore_errors=True)  # never mix images of another test folder
-            rows, failed = cache_like_prep(items, wdata, src.prep, cfg.workers, cfg.progress)
-            status = items["id"].map(lambda i: failed.get(i, "ok"))
-            write_csv(wdata / schema.LABEL_MAP, src.label_map)
-            write_csv(wdata / schema.COMPETITION_ORDER, pd.DataFrame({"id": items["id"], "status": status}))
-            write_csv(schema.manifest_path(wdata, schema.COMPETITION), rows[schema.MANIFEST_COLUMNS])
-            write_yaml(
-                wdata / schema.PREP_CONFIG, {"image_size": src.prep.image_size, "resize_mode": src.prep.resize_mode}
-            )
-            write_json(
-                wdata / schema.PREP_REPORT,
-                {
-                    "fingerprint": src.prep.fingerprint,
-                    WORKSPACE: True,
-                    "source": f"competition folder {cfg.test_root} decoded like prep {src.prep.fingerprint}"
-                    + (f" (bundle {cfg.bundle})" if cfg.bundle else ""),
-                    "prep": src.prep.as_dict(),
-                    "competition": {
-                        "ids": len(items),
-                        "readable": len(rows),
-                        "skipped": {k: int(v) for k, v in pd.Series(failed, dtype=object).value_counts().items()},
-                    },
-                },
-            )
-            written += [wdata / schema.COMPETITION_ORDER, schema.manifest_path(wdata, schema.COMPETITION)]
-            if failed:
-                log.warning("%d of %d test images unreadable: empty answers (%s)", len(failed), len(items), wdata)
+            written += _write_workspace(cfg, src, items, wdata)
         accelerator.wait_for_everyone()
         rows = schema.read_manifest(wdata, schema.COMPETITION) if _has_rows(wdata) else None
         if rows is None:
@@ -295,6 +271,38 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
                 mark_done(run_out)
             written.append(path)
         accelerator.wait_for_everyone()
+    return written
+
+
+def _write_workspace(cfg: PredictConfig, src: RunSource, items: pd.DataFrame, wdata: Path) -> list[Path]:
+    """The data half of a test_root workspace: the images cached like the runs' prep, the label map,
+    the competition order (every id, ``status``), the manifest of the readable images, the prep report."""
+    written: list[Path] = []
+    shutil.rmtree(wdata / "images", ignore_errors=True)  # never mix images of another test folder
+    rows, failed = cache_like_prep(items, wdata, src.prep, cfg.workers, cfg.progress)
+    status = items["id"].map(lambda i: failed.get(i, "ok"))
+    write_csv(wdata / schema.LABEL_MAP, src.label_map)
+    write_csv(wdata / schema.COMPETITION_ORDER, pd.DataFrame({"id": items["id"], "status": status}))
+    write_csv(schema.manifest_path(wdata, schema.COMPETITION), rows[schema.MANIFEST_COLUMNS])
+    write_yaml(wdata / schema.PREP_CONFIG, {"image_size": src.prep.image_size, "resize_mode": src.prep.resize_mode})
+    write_json(
+        wdata / schema.PREP_REPORT,
+        {
+            "fingerprint": src.prep.fingerprint,
+            WORKSPACE: True,
+            "source": f"competition folder {cfg.test_root} decoded like prep {src.prep.fingerprint}"
+            + (f" (bundle {cfg.bundle})" if cfg.bundle else ""),
+            "prep": src.prep.as_dict(),
+            "competition": {
+                "ids": len(items),
+                "readable": len(rows),
+                "skipped": {k: int(v) for k, v in pd.Series(failed, dtype=object).value_counts().items()},
+            },
+        },
+    )
+    written += [wdata / schema.COMPETITION_ORDER, schema.manifest_path(wdata, schema.COMPETITION)]
+    if failed:
+        log.warning("%d of %d test images unreadable: empty answers (%s)", len(failed), len(items), wdata)
     return written
 
 

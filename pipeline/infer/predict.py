@@ -37,7 +37,7 @@ from pipeline.infer.core import (
     run_cache,
 )
 from pipeline.infer.tta import TTA
-from pipeline.runs.predfile import save_predictions
+from pipeline.runs.predfile import output_errors, save_predictions
 from pipeline.runs.prep import read_prep_identity
 from pipeline.runs.scan import finished_runs
 
@@ -74,7 +74,8 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
     if cfg.images or cfg.test_root:  # no prep: a folder of images (pipeline/predict_folders.py)
         from pipeline.infer.folders import predict_competition, predict_images
 
-        return [predict_images(cfg)] if cfg.images else predict_competition(cfg)
+        with output_errors("predict"):  # a read-only out= or work_dir: one line
+            return [predict_images(cfg)] if cfg.images else predict_competition(cfg)
     data_dir = cfg.data_dir
     label_map = schema.read_label_map(data_dir)
     current = read_prep_identity(data_dir)
@@ -95,7 +96,7 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
             jobs[info.run_dir].append(Job(m, data_dir, r, run_cache(info, data_dir, r)))
     accelerator = make_accelerator(cfg)
     written: list[Path] = []
-    with contextlib.ExitStack() as locks:
+    with contextlib.ExitStack() as locks, output_errors("predict"):
         lock_folders(locks, [i.run_dir for i in infos], accelerator, "predict")
         for info, job, out in iter_predictions(infos, jobs, cfg, accelerator, tta):
             path = info.run_dir / schema.pred_file(job.manifest, tta.on)

@@ -21,15 +21,18 @@ these files without importing torch or the models. Written atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from common import schema
-from common.errors import DataError
+from common.errors import DataError, PipelineError
 from common.io import atomic_write
 from pipeline.scores import TopK, choose_k, topk
 
@@ -150,3 +153,30 @@ def check_fresh(path: str | Path, meta: dict) -> None:
     if stale_weights(path, meta):
         run = Path(path).parent
         raise DataError(f"{path}: stale: predicted with an older best.pt of run {run}; rerun 'make predict'")
+
+
+# ---------------------------------------------------------------- one line for a folder that cannot be written
+
+_WHY = {
+    errno.EACCES: "permission denied (a read-only folder?)",
+    errno.EPERM: "permission denied (a read-only folder?)",
+    errno.EROFS: "read-only file system",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EEXIST: "exists and is a file, not a folder",
+    errno.EISDIR: "is a folder, not a file",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.ENOSPC: "disk full",
+}
+
+
+@contextlib.contextmanager
+def output_errors(what: str) -> Iterator[None]:
+    """An OSError while a stage writes its outputs becomes one :class:`PipelineError` line naming
+    the path and why (a read-only run folder, a file where a folder should be ...), not a traceback.
+    Writes are atomic, so nothing half-written is left behind."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _WHY:  # not a write problem (a read fails with its own message)
+            raise
+        raise PipelineError(f"{what}: cannot write {e.filename or '?'}: {_WHY[e.errno]}") from None

@@ -45,6 +45,7 @@ from pipeline.runs.bundle import (
     library_versions,
 )
 from pipeline.runs.load import check_run, load_run, read_run
+from pipeline.runs.predfile import output_errors
 from pipeline.runs.prep import read_json, read_prep_identity
 from pipeline.runs.scan import finished_runs, mark_done
 
@@ -220,7 +221,7 @@ def run_export(cfg: ExportConfig) -> Path:
         check_run(info, label_map, data_dir / schema.LABEL_MAP, current)
     out_dir = Path(cfg.out_dir)
     final = out_dir / cfg.experiment
-    with folder_lock(out_dir, "export"):
+    with output_errors("export"), folder_lock(out_dir, "export"):
         tmp = Path(tempfile.mkdtemp(prefix=f".{cfg.experiment}.tmp-", dir=out_dir))
         try:
             entries = []

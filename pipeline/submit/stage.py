@@ -43,6 +43,7 @@ from pipeline.ensemble.frame import submission_frame
 from pipeline.ensemble.inputs import Preds
 from pipeline.ensemble.plan import make_plan
 from pipeline.metrics import NO_ANSWER, gap, top1
+from pipeline.runs.predfile import output_errors
 from pipeline.runs.prep import read_json
 from pipeline.submit.validate import validate_submission
 
@@ -154,6 +155,7 @@ def run_submit(cfg: EnsembleConfig) -> dict:
     (None when the competition set is unlabelled), ``scored`` (rows in that GAP, unreadable
     landmark rows included), ``gap_note``.
     """
+    out = submission_target(cfg)  # before the work: a refusal costs nothing
     data_dir = cfg.data_dir
     order = read_order(data_dir)
     plan = make_plan(cfg, need_oof=False)
@@ -170,8 +172,8 @@ def run_submit(cfg: EnsembleConfig) -> dict:
     labels, note = broken_labels(data_dir, order, plan.label_map) if labelled else (pd.Series(dtype=np.int64), "")
     labels = pd.concat([pd.Series(comp.labels, index=comp.ids), labels])
     del comp
-    out = Path(cfg.submissions_dir) / f"{cfg.name}.csv"
-    with folder_lock(out.parent, "submit"):
+    with output_errors("submit"), folder_lock(out.parent, "submit"):
+        submission_target(cfg)  # again under the lock: another submit may have written it since
         stats, score, scored = _write(out, frame, order, labels if labelled else None, plan.label_map)
         result = {
             "submission": out,
@@ -189,6 +191,27 @@ def run_submit(cfg: EnsembleConfig) -> dict:
     return result
 
 
+def submission_target(cfg: EnsembleConfig) -> Path:
+    """``<submissions_dir>/<name>.csv``, refused in one line when it cannot or must not be written: the
+    folder is a file, the CSV is a folder, or another experiment (or not submit) wrote it and
+    ``overwrite`` is off (``<name>.json`` records the experiment of every submission)."""
+    sub_dir = Path(cfg.submissions_dir)
+    if sub_dir.exists() and not sub_dir.is_dir():
+        raise PipelineError(f"submit: submissions_dir {sub_dir} is a file, not a folder")
+    out = sub_dir / f"{cfg.name}.csv"
+    if out.is_dir():
+        raise PipelineError(f"submit: {out} is a folder, not a submission file: remove it or give another name=")
+    if out.exists() and not cfg.overwrite:
+        wrote = read_json(out.with_suffix(".json")).get("experiment")
+        if wrote != cfg.experiment:
+            who = f"experiment '{wrote}'" if wrote else f"something else than submit (no {out.stem}.json)"
+            raise PipelineError(
+                f"submit: {out} was written by {who}, this is experiment '{cfg.experiment}': not replaced; "
+                "give another name=... or overwrite=true to replace it"
+            )
+    return out
+
+
 def _write(out: Path, frame: pd.DataFrame, order: pd.DataFrame, labels: pd.Series | None, label_map: pd.DataFrame):
     """Write ``out`` atomically once it passes the validator; (counts, GAP or None, rows scored)."""
     with atomic_path(out) as tmp:
@@ -204,7 +227,8 @@ def _write(out: Path, frame: pd.DataFrame, order: pd.DataFrame, labels: pd.Serie
 def _record(cfg: EnsembleConfig, plan, result: dict) -> dict:
     """``<name>.json``: what made the submission."""
     return {
-        "experiment": cfg.experiment,
+        "experiment": cfg.experiment,  # submit never replaces a file of another experiment without overwrite=true
+        "name": cfg.name,
         "dataset": cfg.dataset,
         "models": {m: len(d) for m, d in plan.runs.items()},
         "missing_models": plan.missing,

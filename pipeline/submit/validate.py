@@ -86,6 +86,16 @@ def check_cell(cell: str) -> str | None:
     return None
 
 
+def _unreadable(e: Exception) -> str:
+    """Why a submission file cannot be read, in a few words."""
+    if isinstance(e, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {e.start})"
+    if isinstance(e, csv.Error):
+        return f"not a readable CSV ({e})"
+    known = {FileNotFoundError: "file not found", IsADirectoryError: "is a folder, not a submission CSV"}
+    return known.get(type(e), f"cannot be read ({e.strerror or type(e).__name__})")
+
+
 def validate_submission(
     path: str | Path, sample_ids: list[str] | None = None, name: str | None = None
 ) -> tuple[list[str], dict[str, int]]:
@@ -127,14 +137,8 @@ def validate_submission(
                     stats["answers"] += 1
                 else:
                     stats["empty"] += 1
-    except FileNotFoundError:
-        probs.add("file", None, "file not found")
-        return probs.finish(), stats
-    except UnicodeDecodeError as e:
-        probs.add("file", None, f"not UTF-8 text (byte {e.start})")
-        return probs.finish(), stats
-    except csv.Error as e:
-        probs.add("file", None, f"not a readable CSV ({e})")
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        probs.add("file", None, _unreadable(e))
         return probs.finish(), stats
     if sample_ids is not None:
         expected = set(sample_ids)
