@@ -12,6 +12,7 @@ from pipeline.ensemble.weights import (
     CANDIDATES,
     FIT_TOLERANCE,
     check_weights,
+    crossfit,
     greedy_weights,
     normalise,
     score,
@@ -19,6 +20,7 @@ from pipeline.ensemble.weights import (
     single_scores,
 )
 from pipeline.runs.predfile import save_predictions
+from pipeline.scores import topk
 from tests.ensemble_helpers import config, meta, onehot_probs, run_dir, write_data, write_pred
 
 
@@ -155,3 +157,15 @@ def test_the_leaderboard_shows_what_the_fit_chose_and_its_cv(tmp_path, knn):
     assert fits["gap"].between(0, 1).all()
     board = (tmp_path / "runs" / "exp" / "leaderboard.csv").read_text()
     assert "fit:greedy" in board and "cv_crossfit_gap" in board
+
+
+def test_top_k_scores_fit_like_dense_ones():
+    """OOF rows stored as top-k (large label maps): the same choice, weights and cross-fitted rows."""
+    labels, parts = _members(3, n=60, bad=2)
+    dense = select_weights(parts, labels, "weighted", "gap", seed=1)
+    sparse = select_weights([topk(p, 3) for p in parts], labels, "weighted", "gap", seed=1)
+    assert sparse.chosen == dense.chosen
+    np.testing.assert_allclose(sparse.weights, dense.weights)
+    cf_dense = crossfit(parts, labels, "weighted", "gap", seed=1)["probs"]
+    cf_sparse = crossfit([topk(p, 3) for p in parts], labels, "weighted", "gap", seed=1)["probs"]
+    np.testing.assert_allclose(cf_sparse.dense(), cf_dense, atol=1e-6)

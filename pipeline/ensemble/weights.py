@@ -27,6 +27,7 @@ import numpy as np
 from common.errors import PipelineError
 from pipeline.ensemble.blend import answers, blend
 from pipeline.metrics import gap, top1
+from pipeline.scores import concat
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +255,14 @@ def crossfit(
     """
     fitter = fitter or (lambda p, y: fit_weights(p, y, method, metric)[0])
     n = len(labels)
-    probs = np.empty((n, parts[0].shape[1]), dtype=np.float32)
+    blocks, rows = [], []
     report = {"in_sample": [], "held_out": [], "weights": []}
     for a, b in (halves(n, seed), halves(n, seed)[::-1]):
         w = fitter([p[a] for p in parts], labels[a])
-        probs[b] = blend([p[b] for p in parts], w, method)
+        blocks.append(blend([p[b] for p in parts], w, method))  # dense or top-k, as the parts
+        rows.append(b)
         report["in_sample"].append(score([p[a] for p in parts], w, labels[a], method, metric))
-        report["held_out"].append(objective(*top1(probs[b]), labels[b], metric))
+        report["held_out"].append(objective(*top1(blocks[-1]), labels[b], metric))
         report["weights"].append(w)
-    report["probs"] = probs
+    report["probs"] = concat(blocks)[np.argsort(np.concatenate(rows))]  # back in row order
     return report
