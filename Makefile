@@ -31,10 +31,16 @@ RECIPE  ?=
 CONFIG_SOURCE = $(firstword $(shell sed -n 's/^ *source_root: *\([^ #]*\).*/\1/p' $(CONFIG) 2>/dev/null))
 # what `make all` says to type next, with the variables this run was given
 NEXT_VARS = $(if $(filter-out default,$(DATASET)), DATASET=$(DATASET))$(if $(RECIPE), RECIPE=$(RECIPE))$(strip \
-            )$(if $(filter command line,$(origin EXPERIMENT)), EXPERIMENT=$(EXPERIMENT))$(if $(NAME), NAME=$(NAME))
-# the submission file `make submit` writes (NAME, or the ensemble name of the config)
-SUBMISSION = submissions/$(or $(NAME),$(firstword $(shell sed -n 's/^ *name: *\([^ #]*\).*/\1/p' $(CONFIG) \
-             2>/dev/null)),default).csv
+            )$(if $(filter command line,$(origin EXPERIMENT)), EXPERIMENT=$(EXPERIMENT))$(if $(NAME), NAME=$(NAME))$(if $(ARGS), ARGS='$(ARGS)')
+# the file `make submit` will write, as the submit stage resolves it (name, {experiment}, submissions_dir);
+# expanded only when `make all` prints its last line, when .venv exists
+SUBMISSION = $(or $(shell $(PY) -c 'import sys; from common.cli import dashed_overrides; \
+  from common.config import load_stage_config; from common.stages import stage_configs; \
+  from pipeline.config import EnsembleConfig; a = dashed_overrides(["submit", *sys.argv[1:]])[1:]; \
+  cfg = [a[i + 1] for i, x in enumerate(a) if x == "--config"]; \
+  over = [x for i, x in enumerate(a) if x != "--config" and (i == 0 or a[i - 1] != "--config")]; \
+  c = load_stage_config(EnsembleConfig, "ensemble", cfg, over, stage_configs()); \
+  print(f"{c.submissions_dir}/{c.name}.csv")' $(CONFIG_ARGS) $(STAGE_ARGS) 2>/dev/null),submissions/<name>.csv)
 ifneq ($(RECIPE),)
   CONFIG_ARGS := --config $(CONFIG) --config configs/recipes/$(RECIPE).yaml
   EXPERIMENT ?= $(DATASET)_$(RECIPE)

@@ -88,6 +88,9 @@ def test_all_ends_with_the_submission_step_not_the_internal_csv():
     assert "make predict submit DATASET=paris6k RECIPE=kaggle" in last and "submissions/paris6k.csv" in last, last
     last = make("-n", "all", "NAME=mine").stdout.strip().splitlines()[-1]
     assert "NAME=mine" in last and "submissions/mine.csv" in last, last
+    # the name as the submit stage resolves it ({experiment}, submissions_dir), with the ARGS to repeat
+    last = make("-n", "all", "EXPERIMENT=e1", "ARGS=name=sub_{experiment} submissions_dir=out").stdout.splitlines()[-1]
+    assert "EXPERIMENT=e1 ARGS='name=sub_{experiment} submissions_dir=out' -> out/sub_e1.csv" in last, last
 
 
 def test_wrong_recipe_lists_the_recipes():
