@@ -264,6 +264,8 @@ class EnsembleConfig:
         self.name = self.name.replace("{experiment}", self.experiment)
         if self.name in ("", ".", "..") or "/" in self.name or "\0" in self.name or len(self.name.encode()) > 200:
             raise ConfigError(f"ensemble: name '{self.name[:60]}' must be one plain file name (no '/', 1-200 bytes)")
+        if self.knn and self.tta:  # make embed fuses the plain predictions: there is no TTA'd kNN file
+            raise ConfigError("ensemble: knn=true reads make embed's kNN files, made without TTA: not with tta=true")
         if self.weights:
             if len(self.weights) != len(self.models):
                 raise ConfigError(

@@ -480,3 +480,40 @@ def test_the_internal_split_csv_is_not_called_a_submission(tmp_path, capsys):
     assert any(
         "internal test split answers (not a submission)" in line and "sub_internal_test.csv" in line for line in out
     )
+
+
+# ---------------------------------------------------------------- 7. knn + tta; 8. your photos ensembled like submit
+
+
+def test_knn_with_tta_is_refused_and_the_files_read_are_recorded(tmp_path, capsys):
+    from common.errors import ConfigError
+
+    _comp(tmp_path)
+    with pytest.raises(ConfigError, match="knn=true reads make embed's kNN files, made without TTA"):
+        config(tmp_path, knn=True, tta=True)
+    _one_line(*_submit(tmp_path, capsys, "knn=true", "tta=true"), "not with tta=true")
+    for f in (0, 1):  # m1 has TTA predictions, m2 only the plain ones
+        write_pred(run_dir(tmp_path, "m1", f), "competition", COMP_IDS, onehot_probs(PRED, CONF), [-3] * 5, tta=True)
+    run_submit(config(tmp_path, tta=True))
+    record = json.loads((tmp_path / "submissions" / "sub.json").read_text())
+    assert record["tta"] is True and record["knn"] is False
+    assert record["inputs"] == {"m1": ["competition_tta.npz"], "m2": ["competition.npz"]}
+
+
+def test_your_photos_are_ensembled_like_submit_fold_mean_then_models():
+    """Three folds of m1 and one of m2: each model counts once, as in submit (method mean)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pipeline.infer.folders import run_shares
+
+    rng = np.random.default_rng(0)
+    runs = [SimpleNamespace(model_name=m, run_dir=Path(f"/r/{m}/fold{f}")) for m, f in
+            [("m1", 0), ("m1", 1), ("m1", 2), ("m2", 0)]]  # fmt: skip
+    probs = {r.run_dir: rng.dirichlet(np.ones(4), size=5) for r in runs}
+    share = run_shares(runs)
+    got = sum(share[d] * p for d, p in probs.items())
+    m1 = (probs[Path("/r/m1/fold0")] + probs[Path("/r/m1/fold1")] + probs[Path("/r/m1/fold2")]) / 3
+    np.testing.assert_allclose(got, (m1 + probs[Path("/r/m2/fold0")]) / 2)
+    assert sum(share.values()) == pytest.approx(1.0)

@@ -170,10 +170,20 @@ def topk_table(
     return out
 
 
+def run_shares(infos: list[RunInfo]) -> dict[Path, float]:
+    """Each run's weight in the ensemble of your photos: the mean over a model's folds, then the
+    mean over models, as ``submit`` (method mean) does: a model with 5 folds does not outvote one with 1."""
+    folds: dict[str, int] = {}
+    for info in infos:
+        folds[info.model_name] = folds.get(info.model_name, 0) + 1
+    return {i.run_dir: 1.0 / (folds[i.model_name] * len(folds)) for i in infos}
+
+
 def predict_images(cfg: PredictConfig) -> Path:
     """Your own photos (``images=DIR``, no prep) -> a CSV of the top-k landmarks per image.
 
-    Every finished run predicts (one at a time); the CSV holds the mean of their probabilities.
+    Every finished run predicts (one at a time); the CSV holds the ensemble of their probabilities
+    like ``submit``'s: the mean over each model's folds, then over the models (:func:`run_shares`).
     Unreadable files get a row with their failure reason as ``status`` and no landmarks.
     """
     items = list_images(cfg.images)
@@ -191,6 +201,7 @@ def predict_images(cfg: PredictConfig) -> Path:
     for info in infos:
         groups.setdefault(decode_identity(info, src.prep).decode_settings(), []).append(info)
     total = np.zeros((len(items), len(src.label_map)), dtype=np.float64)
+    share = run_shares(infos)
     failed: dict[str, str] = {}
     tmp = _shared_tempdir(accelerator, out.parent, ".predict_images_")
     try:
@@ -206,13 +217,13 @@ def predict_images(cfg: PredictConfig) -> Path:
                 raise DataError(f"{folder}: none of the {len(items)} images could be read")
             pos = pd.Index(items["id"]).get_indexer(rows["id"])
             jobs = {i.run_dir: [Job("images", cache_dir, rows)] for i in members}
-            for _, _, res in iter_predictions(members, jobs, cfg, accelerator, tta):
-                total[pos] += res["probs"]
+            for info, _, res in iter_predictions(members, jobs, cfg, accelerator, tta):
+                total[pos] += share[info.run_dir] * res["probs"]
     finally:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-    probs = total / len(infos)
+    probs = total
     status = items["id"].map(lambda i: failed.get(i, "ok"))
     table = topk_table(items["id"], probs, src.label_map, cfg.top_k, status)
     table.insert(1, "file", [str(Path(s).relative_to(folder)) for s in items["src"]])

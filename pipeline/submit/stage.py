@@ -159,13 +159,8 @@ def run_submit(cfg: EnsembleConfig) -> dict:
     data_dir = cfg.data_dir
     order = read_order(data_dir)
     plan = make_plan(cfg, need_oof=False)
-    comp = stream_ensemble(
-        plan.paths(schema.COMPETITION, "run 'python -m pipeline predict manifests=competition' first"),
-        schema.COMPETITION,
-        [plan.weights],
-        cfg.method,
-        plan.checker,
-    )[0]
+    paths = plan.paths(schema.COMPETITION, "run 'python -m pipeline predict manifests=competition' first")
+    comp = stream_ensemble(paths, schema.COMPETITION, [plan.weights], cfg.method, plan.checker)[0]
     check_coverage(comp, order, data_dir)
     frame = answer_frame(comp, order, plan)
     labelled = bool((comp.labels != schema.UNLABELLED).any())
@@ -185,6 +180,8 @@ def run_submit(cfg: EnsembleConfig) -> dict:
             "tuned_on_it": cfg.tune_on == "competition" and bool(plan.postprocess),
             "postprocess": plan.final.describe(),
             "weights": {m: round(float(w), 4) for m, w in plan.weights.items()},
+            # what was read: <manifest>_tta.npz where a run has it with tta=true, _knn.npz with knn=true
+            "inputs": {m: sorted({p.name for p in ps}) for m, ps in paths.items()},
         }
         write_json(out.with_suffix(".json"), _record(cfg, plan, result))
     log.info("wrote %s (%d rows, %d empty)", out, stats["rows"], stats["empty"])
