@@ -172,7 +172,7 @@ def test_one_place_for_run_folders_and_checkpoints():
     bad = []
     for m, path in MODULES.items():
         text = path.read_text()
-        if "torch.load(" in text and m not in ("pipeline.runs.checkpoints", "pipeline.models.weights"):
+        if "torch.load(" in text and m not in ("pipeline.runs.checkpoints", "pipeline.models.weights_file"):
             bad.append(f"{m}: torch.load")
         if "RUN_DONE" in text and not m.startswith(("pipeline.runs", "common.schema")):
             bad.append(f"{m}: RUN_DONE")

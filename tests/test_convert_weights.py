@@ -19,7 +19,7 @@ from common.errors import PipelineError
 from pipeline.models import create_model
 from pipeline.models.__main__ import main
 from pipeline.models.convert import FAMILIES, convert_weights, top_classes
-from pipeline.models.weights import read_state_dict
+from pipeline.models.weights_file import read_state_dict
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 DEPTHS = {"efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1), "efficientnet_lite2": (1, 3, 3, 4, 4, 5, 1)}

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from common.errors import PipelineError
 from common.io import atomic_path
-from pipeline.models.weights import read_state_dict
+from pipeline.models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
 

@@ -96,7 +96,8 @@ def create_model(
     and ``model.min_size``.
     """
     from pipeline.models.heads import HeadConfig, as_plain, attach_head
-    from pipeline.models.weights import check_weights_path, load_weights
+    from pipeline.models.weights import load_weights
+    from pipeline.models.weights_file import check_weights_path
 
     info = model_info(name)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes <= 0:

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
 import torch.nn as nn
 
 from common.errors import PipelineError
+from pipeline.models.weights_file import read_state_dict
 
 log = logging.getLogger(__name__)
-
-_PREFIXES = ("module.", "_orig_mod.")
-_NESTED = ("model", "state_dict")
-
 
 @dataclass
 class LoadReport:
@@ -42,46 +36,6 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)  # in the file, shape differs
     missing: list[str] = field(default_factory=list)  # in the model, not in the file
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-
-
-def check_weights_path(path: str | os.PathLike) -> Path:
-    """The path as a :class:`Path`; one clear error when it is empty or not a file."""
-    if not str(path):
-        raise PipelineError("pretrained: empty weights file path")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise PipelineError(f"pretrained weights file '{p}' not found")
-    return p
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file (see the module docstring), keys with prefixes stripped."""
-    p = check_weights_path(path)
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle, zip, safetensors header, permissions: one line
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise PipelineError(f"pretrained weights file '{p}' cannot be read: {reason}") from None
-    for key in _NESTED:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise PipelineError(f"pretrained weights file '{p}' holds a {type(obj).__name__}, not a state dict")
-    tensors = {}
-    for key, value in obj.items():
-        if isinstance(value, torch.Tensor):
-            for prefix in _PREFIXES:
-                key = key.removeprefix(prefix)
-            tensors[key] = value
-    if not tensors:
-        raise PipelineError(f"pretrained weights file '{p}' holds no tensors")
-    return tensors
 
 
 def _classifier_prefix(model: nn.Module) -> str:
