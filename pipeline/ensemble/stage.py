@@ -32,8 +32,9 @@ folder ``runs/<experiment>/<model>/fold<k>/`` its ``oof.npz`` (the fold's valida
   the internal test split, which reports the held-out effect (rows ``ensemble+penalty`` ...).
 
 Outputs of the ensemble stage: the leaderboard (``runs/<experiment>/leaderboard.*``, under the
-experiment's folder lock) and ``submissions/<name>.csv`` of the internal test ids. The
-competition submission is :mod:`pipeline.submit.stage`'s.
+experiment's folder lock) and ``submissions/<name>_internal_test.csv``: the answers for the
+internal test ids, which is not a submission (``<name>`` defaults to the experiment). The
+competition submission, ``submissions/<name>.csv``, is :mod:`pipeline.submit.stage`'s.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def _pp_row(model: str, fold: str, labels: np.ndarray, pred: np.ndarray, conf: n
 
 def run_ensemble(cfg: EnsembleConfig) -> dict:
     """The ensemble stage: leaderboard rows for every model, the ensemble and its variants, and
-    ``submissions/<name>.csv`` of the internal test ids (the configured post-processing applied).
+    ``submissions/<name>_internal_test.csv`` of the internal test ids (the configured post-processing
+    applied; not a submission).
 
     Returns the output paths (``submission``, ``leaderboard``), the long ``rows`` and the ``info``.
     """
