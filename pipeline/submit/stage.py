@@ -14,7 +14,9 @@ the models and post-processes the answers exactly like the ensemble stage (same
 
 The file is validated (:mod:`pipeline.submit.validate`, against the order file's ids) before it
 replaces the previous one, under the submissions folder's lock; a ``<name>.json`` beside it
-records what made it. When the competition set is labelled (prep with a solution CSV), the
+records what made it (the experiment, the files read). ``name`` defaults to the experiment; a
+``<name>.csv`` that another experiment wrote (or not submit: no ``<name>.json``) is never
+replaced unless ``overwrite=true``. When the competition set is labelled (prep with a solution CSV), the
 summary gives the GAP of the written file as Kaggle scores it: an unreadable image of a landmark
 has an empty answer and still counts in the denominator M (its label is read again from the
 solution file prep recorded).
