@@ -210,6 +210,41 @@ def write_failures(path: str | Path, failures: Sequence[tuple[str, str, str]]) -
         w.writerows(sorted(failures))
 
 
+class _Recorder:
+    """Counts each finished download into the report (and logs progress every N rows)."""
+
+    def __init__(self, report: DownloadReport, failed: Counter, progress_every: int) -> None:
+        self.report, self.failed, self.every, self.done = report, failed, progress_every, 0
+
+    def __call__(self, image_id: str, url: str, fut: Future) -> None:
+        self.done += 1
+        try:
+            status = fut.result()
+        except _Failure as f:
+            self.failed[f.reason] += 1
+            self.report.failures.append((image_id, url, f.reason))
+            log.debug("%s failed: %s (%s)", image_id, f.reason, f)
+        else:
+            if status == "ok":
+                self.report.ok += 1
+            else:
+                self.report.skipped_existing += 1
+        if self.every and self.done % self.every == 0:
+            log.info("%d done: %d downloaded, %d present, %d failed", self.done, self.report.ok,
+                     self.report.skipped_existing, sum(self.failed.values()))
+
+
+def _check_settings(workers: int, retries: int, backoff: float, timeout: float, layout: str) -> None:
+    if workers < 1:
+        raise ConfigError(f"download: workers must be >= 1, got {workers}")
+    if retries < 0:
+        raise ConfigError(f"download: retries must be >= 0, got {retries}")
+    if timeout <= 0 or backoff < 0:
+        raise ConfigError(f"download: timeout must be > 0 and backoff >= 0, got {timeout} and {backoff}")
+    if layout not in LAYOUTS:
+        raise ConfigError(f"download: layout must be one of {LAYOUTS}, got '{layout}'")
+
+
 def download_images(rows: Iterable[tuple[str, str]], out_root: str | Path, *, workers: int = 8,
                     retries: int = 3, backoff: float = 0.5, timeout: float = 10.0, layout: str = "v2",
                     report_path: str | Path | None = None, clean_temps: bool = True,
@@ -221,14 +256,7 @@ def download_images(rows: Iterable[tuple[str, str]], out_root: str | Path, *, wo
     ``out_root/download_failures.csv`` and is written even when nothing failed (a stale list from
     an earlier run must not survive). Temporaries left by a killed run are removed first.
     """
-    if workers < 1:
-        raise ConfigError(f"download: workers must be >= 1, got {workers}")
-    if retries < 0:
-        raise ConfigError(f"download: retries must be >= 0, got {retries}")
-    if timeout <= 0 or backoff < 0:
-        raise ConfigError(f"download: timeout must be > 0 and backoff >= 0, got {timeout} and {backoff}")
-    if layout not in LAYOUTS:
-        raise ConfigError(f"download: layout must be one of {LAYOUTS}, got '{layout}'")
+    _check_settings(workers, retries, backoff, timeout, layout)
     out_root = Path(out_root)
     out_root.mkdir(parents=True, exist_ok=True)
     report = DownloadReport(report_path=Path(report_path) if report_path else out_root / REPORT_NAME)
@@ -239,26 +267,7 @@ def download_images(rows: Iterable[tuple[str, str]], out_root: str | Path, *, wo
     failed: Counter[str] = Counter()
     seen: set[str] = set()
     start = time.monotonic()
-    done = 0
-
-    def record(image_id: str, url: str, fut: Future) -> None:
-        nonlocal done
-        done += 1
-        try:
-            status = fut.result()
-        except _Failure as f:
-            failed[f.reason] += 1
-            report.failures.append((image_id, url, f.reason))
-            log.debug("%s failed: %s (%s)", image_id, f.reason, f)
-        else:
-            if status == "ok":
-                report.ok += 1
-            else:
-                report.skipped_existing += 1
-        if progress_every and done % progress_every == 0:
-            log.info("%d done: %d downloaded, %d present, %d failed", done, report.ok,
-                     report.skipped_existing, sum(failed.values()))
-
+    record = _Recorder(report, failed, progress_every)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
     pending: dict[Future, tuple[str, str]] = {}
     try:

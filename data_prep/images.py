@@ -327,6 +327,15 @@ def write_ledger(out_root: str | Path, ledger: dict[str, tuple[int, int, str]]) 
     write_csv(Path(out_root) / CACHE_DIR / SOURCES_LEDGER, df)
 
 
+def _finish_cache(out_root: Path, reencoded: Counter, ledger: dict | None, seen: dict[str, tuple]) -> None:
+    """Say what was re-encoded and why; record the sources' size/mtime when they changed."""
+    if reencoded:
+        why = ", ".join(f"{n} {why}" for why, n in reencoded.most_common())
+        log.info("%s: re-encoded %d cached images: %s", out_root / CACHE_DIR, sum(reencoded.values()), why)
+    if ledger is not None and any(ledger.get(i) != entry for i, entry in seen.items()):
+        write_ledger(out_root, {**ledger, **seen})
+
+
 def build_cache(
     items: Iterable[tuple[str, str]],
     out_root: str | Path,
@@ -382,15 +391,7 @@ def build_cache(
                     seen[image_id] = entry
             bar.update(len(results))
         bar.close()
-    if reencoded:
-        log.info(
-            "%s: re-encoded %d cached images: %s",
-            out_root / CACHE_DIR,
-            sum(reencoded.values()),
-            ", ".join(f"{n} {why}" for why, n in reencoded.most_common()),
-        )
-    if ledger is not None and any(ledger.get(i) != entry for i, entry in seen.items()):
-        write_ledger(out_root, {**ledger, **seen})
+    _finish_cache(out_root, reencoded, ledger, seen)
     if stats is not None:
         stats.update(encoded=encoded, reused=len(done) - encoded, reencoded=dict(reencoded), details=details)
     return done, failed
