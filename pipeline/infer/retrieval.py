@@ -100,6 +100,22 @@ def _rescore(
     return sims, idx.gather(1, order)
 
 
+def _check_knn(q, g, k, chunk_size: int, query_chunk: int, compute_dtype: str | None, device) -> tuple:
+    """One error line for any bad argument of :func:`knn`; the compute dtype and device."""
+    if q.shape[1] != g.shape[1]:
+        raise DataError(f"knn: queries have {q.shape[1]} dimensions, the gallery {g.shape[1]}")
+    if not isinstance(k, int) or k < 1:
+        raise PipelineError(f"knn: k must be a positive integer, got {k!r}")
+    if k > g.shape[0]:
+        raise PipelineError(f"knn: k={k} is larger than the gallery ({g.shape[0]} rows)")
+    if chunk_size < 1 or query_chunk < 1:
+        raise PipelineError(f"knn: chunk sizes must be >= 1, got {chunk_size} and {query_chunk}")
+    name = compute_dtype or default_compute_dtype(device)
+    if name not in _DTYPES:
+        raise PipelineError(f"knn: compute_dtype must be one of {', '.join(_DTYPES)}, got '{name}'")
+    return _DTYPES[name], torch.device(device)
+
+
 def knn(
     queries: ArrayLike,
     gallery: ArrayLike,
@@ -127,18 +143,7 @@ def knn(
     in float32 for the chosen neighbours. ``k`` larger than the gallery is one clear error.
     """
     q, g = _as_tensor(queries, "queries"), _as_tensor(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
-        raise DataError(f"knn: queries have {q.shape[1]} dimensions, the gallery {g.shape[1]}")
-    if not isinstance(k, int) or k < 1:
-        raise PipelineError(f"knn: k must be a positive integer, got {k!r}")
-    if k > g.shape[0]:
-        raise PipelineError(f"knn: k={k} is larger than the gallery ({g.shape[0]} rows)")
-    if chunk_size < 1 or query_chunk < 1:
-        raise PipelineError(f"knn: chunk sizes must be >= 1, got {chunk_size} and {query_chunk}")
-    name = compute_dtype or default_compute_dtype(device)
-    if name not in _DTYPES:
-        raise PipelineError(f"knn: compute_dtype must be one of {', '.join(_DTYPES)}, got '{name}'")
-    dtype, dev = _DTYPES[name], torch.device(device)
+    dtype, dev = _check_knn(q, g, k, chunk_size, query_chunk, compute_dtype, device)
     n_q = q.shape[0]
     best_s = torch.full((n_q, k), -math.inf, device=dev)
     best_i = torch.zeros((n_q, k), dtype=torch.long, device=dev)
