@@ -113,3 +113,20 @@ def test_per_class_figure_has_a_legend_for_its_colours(tmp_path, monkeypatch):
         assert "at or above overall" in labels and "overall top-1" in labels
     colours = {tuple(p.get_facecolor()[:3]) for p in figs[0].axes[-1].patches if p.get_width() > 0}
     assert colours == {plots_classes.RED, plots_classes.ORANGE, plots_classes.BLUE}  # 0.2 | 0.55 | 0.7, 0.95
+
+
+def test_analysis_of_topk_predictions_equals_the_dense_one(tmp_path):
+    """At 81k classes the OOF file is top-k: per-class top-1/top-5 and the confusion come from the
+    candidates and equal the dense analysis (k >= 5)."""
+    from pipeline.report.analysis import per_class_table
+    from pipeline.scores import topk
+
+    rng = np.random.default_rng(3)
+    c = 60
+    probs = rng.random((400, c)).astype(np.float32)
+    labels = rng.integers(-1, c, 400)
+    lm = pd.DataFrame({"label": range(c), "landmark_id": range(100, 100 + c), "name": [f"n{i}" for i in range(c)]})
+    dense, sparse = per_class_table(probs, labels, lm), per_class_table(topk(probs, 8), labels, lm)
+    pd.testing.assert_frame_equal(dense, sparse)
+    paths = write_run_analysis(tmp_path, topk(probs, 8), labels, lm)
+    assert all(p.is_file() for p in paths)

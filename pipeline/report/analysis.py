@@ -26,7 +26,9 @@ import pandas as pd
 
 from common.errors import DataError
 from common.io import write_csv
+from pipeline.metrics import label_rank, top1
 from pipeline.report.plots_classes import plot_confusion, plot_per_class
+from pipeline.scores import TopK
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,11 @@ CONFUSION_PNG = "confusion.png"
 MAX_CONFUSION = 50  # classes shown in confusion.png
 
 
-def _check(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    probs, labels = np.asarray(probs), np.asarray(labels)
+def _check(probs, labels: np.ndarray, num_classes: int) -> tuple:
+    """The scores (dense (N, C) or :class:`~pipeline.scores.TopK`) and int64 labels, checked."""
+    labels = np.asarray(labels)
+    if not isinstance(probs, TopK):
+        probs = np.asarray(probs)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
         raise DataError(f"analysis: probs {probs.shape} and labels {labels.shape} do not match (want (N, C) and (N,))")
     if probs.shape[1] != num_classes:
@@ -51,7 +56,7 @@ def predictions(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> tupl
     """``(true, predicted)`` class of every row with a known label (argmax; ties: lowest index)."""
     probs, labels = _check(probs, labels, num_classes)
     known = labels >= 0
-    return labels[known], probs[known].argmax(axis=1)
+    return labels[known], top1(probs[known])[0]
 
 
 def per_class_accuracy(probs: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -68,15 +73,7 @@ def per_class_topk(probs: np.ndarray, labels: np.ndarray, num_classes: int, k: i
     known = labels >= 0
     p, true = probs[known], labels[known]
     k = min(k, num_classes)
-    # rank of the label as pipeline.metrics.topk_accuracy sees it: classes scoring higher, and
-    # equal-scoring classes of lower index (its stable sort), come first; in chunks of rows
-    rank = np.empty(len(true), dtype=np.int64)
-    cols = np.arange(num_classes)
-    step = max(1, 2_000_000 // max(num_classes, 1))
-    for s in range(0, len(true), step):
-        pc, tc = p[s : s + step], true[s : s + step]
-        pt = pc[np.arange(len(tc)), tc][:, None]
-        rank[s : s + step] = ((pc > pt) | ((pc == pt) & (cols < tc[:, None]))).sum(axis=1)
+    rank = label_rank(p, true)  # the rank pipeline.metrics scores with (ties: lower index first)
     n = np.bincount(true, minlength=num_classes)
     hit = np.bincount(true[rank < k], minlength=num_classes)
     return np.divide(hit, n, out=np.full(num_classes, np.nan), where=n > 0)

@@ -157,6 +157,7 @@ def fold_rows_from_runs(runs_root: str | Path, experiment: str, models: list[str
     to the scores of its ``summary.json``."""
     from pipeline.metrics import score_all
     from pipeline.runs.predfile import load_predictions
+    from pipeline.scores import concat
 
     rows: list[dict] = []
     for model in models:
@@ -177,7 +178,7 @@ def fold_rows_from_runs(runs_root: str | Path, experiment: str, models: list[str
                 rows.append({"model": model, "fold": fold_label(d.name), "n": s.get("val_images"), **scores})
         if probs and len(probs) == folds:  # a CV over only some folds would not be the CV
             lab = np.concatenate(labels)
-            rows.append({"model": model, "fold": "cv", "n": len(lab), **score_all(np.concatenate(probs), lab)})
+            rows.append({"model": model, "fold": "cv", "n": len(lab), **score_all(concat(probs), lab)})
     return rows
 
 
