@@ -282,3 +282,20 @@ def test_transfer_recipe_layers_on_a_data_set_and_trains_from_a_weights_file(tin
     bn = "backbone.bn1.running_mean"  # bn_mode=frozen: the file's statistics, untouched by training
     assert torch.equal(trained[bn], loaded["bn1.running_mean"])
     assert summary["epochs"] == 2 and np.isfinite(summary["val_top1"])
+
+
+def test_a_run_ending_in_an_early_stage_still_predicts_at_img_size(tiny_data, tmp_path, one_thread):
+    """Trained and validated at the stage's 32 px like a plain 32 px run, but its out-of-fold
+    predictions are made at img_size (36), as predict makes the test ones."""
+    staged = tiny_train_config(tiny_data, tmp_path / "s", epochs=1, img_size=36, stage_epochs=[3], stage_img_sizes=[32])
+    plain = tiny_train_config(tiny_data, tmp_path / "p", epochs=1, img_size=32)
+    for cfg in (staged, plain):
+        fit(cfg, "simple_cnn", 0)
+    s, p = (schema.run_dir(c.runs_root, "t", "simple_cnn", 0) for c in (staged, plain))
+    hs = pd.read_csv(s / schema.RUN_METRICS)
+    assert list(hs.pop("img_size")) == [32] and list(hs.pop("stage")) == [1]
+    timing = ["seconds", "seconds_outside"]
+    pd.testing.assert_frame_equal(hs.drop(columns=timing), pd.read_csv(p / schema.RUN_METRICS).drop(columns=timing))
+    ws, wp = (torch.load(d / schema.RUN_LAST, weights_only=False)["model"] for d in (s, p))
+    assert all(torch.equal(ws[k], wp[k]) for k in ws)
+    assert not np.allclose(np.load(s / schema.RUN_OOF)["probs"], np.load(p / schema.RUN_OOF)["probs"])

@@ -165,6 +165,14 @@ def enter_stage(run: Run, epoch: int, accelerator: Accelerator) -> None:
             log.info("%s: the backbone trains from epoch %d on (freeze_epochs=%d)", run.tag, epoch + 1, epoch)
 
 
+def enter_final_stage(run: Run, accelerator: Accelerator) -> None:
+    """After the epochs: the validation input at ``img_size``, so the out-of-fold predictions are
+    made as predict makes test ones (also when a resume finds no epoch left to train)."""
+    final = len(run.cfg.stage_epochs)
+    if run.stage != final:
+        _build_inputs(run, final, accelerator)
+
+
 def _build_network(cfg: TrainConfig, model_name: str, counts: list[int], channels_last: bool,
                    accelerator: Accelerator) -> tuple[torch.nn.Module, list, dict]:  # fmt: skip
     """The model (init_from, SyncBatchNorm, frozen BatchNorm applied), its head modules and size."""

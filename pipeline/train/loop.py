@@ -9,9 +9,11 @@ epoch trains.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,7 +28,7 @@ from common.io import write_csv
 from pipeline.config import TrainConfig
 from pipeline.optim.schedule import CHECKPOINT_METRICS, is_better
 from pipeline.runs.checkpoints import checkpoint_state, write_checkpoint
-from pipeline.train.build import Run, RunState, _eval_model, _weights, enter_stage, stage_at
+from pipeline.train.build import Run, RunState, _eval_model, _weights, enter_final_stage, enter_stage, stage_at
 from pipeline.train.engine import Diverged, evaluate, train_one_epoch
 from pipeline.train.progress import Progress
 
@@ -55,35 +57,67 @@ def train_epochs(run: Run, state: RunState, accelerator: Accelerator, progress: 
     with BackgroundWriter() as writer:
         for epoch in range(state.epoch, cfg.epochs):
             _one_epoch(run, state, epoch, accelerator, writer, metric_key, show_bars, progress)
+    enter_final_stage(run, accelerator)
     return state
 
 
-def _write_epoch_files(out: Path, files: list, hist: pd.DataFrame, title: str, best_epoch: int) -> None:
-    from pipeline.report.plots import plot_curves
-
+def _write_epoch_files(out: Path, files: list, hist: pd.DataFrame, title: str, best_epoch: int) -> Callable[[], Path]:
+    """Write the checkpoints and metrics.csv now; return curves.png as a job for :class:`BackgroundWriter`,
+    which draws it when its time budget allows and always at the end."""
     for path, state in files:
         write_checkpoint(path, state)
     write_csv(out / schema.RUN_METRICS, hist)
-    plot_curves(hist, out / schema.RUN_CURVES, title, best_epoch=best_epoch)
+    return functools.partial(_plot_curves, hist, out / schema.RUN_CURVES, title, best_epoch)
+
+
+def _plot_curves(hist: pd.DataFrame, path: Path, title: str, best_epoch: int) -> Path:
+    from pipeline.report.plots import plot_curves
+
+    return plot_curves(hist, path, title, best_epoch=best_epoch)
 
 
 class BackgroundWriter:
     """One background thread writing the epoch files in order; errors come back on ``flush``.
 
-    Leaving the block waits for every pending write (a failure, e.g. a full disk, is raised
-    there), so nothing is still being written when the run goes on to its predictions, and an
-    exception of the loop never leaves a thread writing behind it.
+    A job's returned callable is a figure (curves.png): only the newest one matters, and drawing
+    it every epoch took a core for ~0.1-0.5 s an epoch (matplotlib's import, ~1 s, the first time),
+    as much as the validation of a small model. It is drawn at most once per ``max(min_gap,
+    cost / share)`` seconds (the first not before ``min_gap`` s into the loop, so a short run pays
+    for one figure) and always when the block ends. Leaving the block waits for every pending write
+    (a failure, e.g. a full disk, is raised there), so nothing is still being written when the run
+    goes on to its predictions, and an exception of the loop never leaves a thread writing behind it.
     """
+
+    def __init__(self, min_gap: float = 30.0, share: float = 0.05) -> None:
+        self.min_gap, self.share = min_gap, share
 
     def __enter__(self) -> BackgroundWriter:
         from concurrent.futures import ThreadPoolExecutor
 
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="epoch-files")
         self.pending: list = []
+        self.figure: Callable | None = None  # the newest figure not drawn yet
+        self.next_figure = time.monotonic() + self.min_gap
         return self
 
     def submit(self, fn, *args) -> None:
-        self.pending.append(self.pool.submit(fn, *args))
+        self.pending.append(self.pool.submit(self._run, fn, *args))
+
+    def _run(self, fn, *args) -> None:
+        """In the writer thread: the job, then its figure when it is due."""
+        figure = fn(*args)
+        if callable(figure):
+            self.figure = figure
+            if time.monotonic() >= self.next_figure:
+                self._draw()
+
+    def _draw(self) -> None:
+        figure, self.figure = self.figure, None
+        if figure is not None:
+            t0 = time.monotonic()
+            figure()
+            cost = time.monotonic() - t0
+            self.next_figure = time.monotonic() + max(self.min_gap, cost / self.share)
 
     def flush(self) -> None:
         pending, self.pending = self.pending, []
@@ -92,6 +126,7 @@ class BackgroundWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
+            self.pending.append(self.pool.submit(self._draw))  # the last figure, also after a failure
             self.flush()
         finally:
             self.pool.shutdown(wait=True)
