@@ -151,12 +151,12 @@ def test_the_leaderboard_shows_what_the_fit_chose_and_its_cv(tmp_path, knn):
     assert cv.loc["ensemble", "gap"] >= max(cv.loc["good", "gap"], cv.loc["bad", "gap"]) - FIT_TOLERANCE
     fits = rows[rows["model"].str.startswith("fit:")]
     assert sorted(fits["model"]) == sorted(f"fit:{c}" for c in CANDIDATES)
-    assert (fits["fold"] == "cv_crossfit").all() and fits["chosen"].sum() == 1
+    assert (fits["fold"] == "cv").all() and fits["chosen"].sum() == 1  # CV column: cross-fitted
     chosen = fits.loc[fits["chosen"].astype(bool), "model"].iloc[0]
     assert chosen == f"fit:{out['plan'].fit['chosen']}"
     assert fits["gap"].between(0, 1).all()
     board = (tmp_path / "runs" / "exp" / "leaderboard.csv").read_text()
-    assert "fit:greedy" in board and "cv_crossfit_gap" in board
+    assert "fit:greedy" in board and "cv_crossfit_gap" in board  # the chosen weights cross-fitted
 
 
 def test_top_k_scores_fit_like_dense_ones():

@@ -198,9 +198,9 @@ def _fit(plan: Plan, parts: list[np.ndarray], labels: np.ndarray) -> None:
         }
     )
     del equal_probs
-    for cand, scores in sel.crossfit.items():  # what each fitting method scores on rows it was not fitted on
+    for cand, scores in sel.crossfit.items():  # each method's CV: cross-fitted (rows it was not fitted on)
         w = dict(zip(names, sel.candidates[cand]))
-        plan.rows.append({"model": f"fit:{cand}", "fold": "cv_crossfit", "n": len(labels), **scores,
+        plan.rows.append({"model": f"fit:{cand}", "fold": "cv", "n": len(labels), **scores,
                           "weights": plan.weights_text(w), "chosen": cand == sel.chosen})  # fmt: skip
     if sel.half_weights:
         halves_w = sel.half_weights[sel.chosen]
