@@ -67,7 +67,8 @@ class TopK:
     def dense(self, dtype=np.float32) -> np.ndarray:
         """The (N, C) matrix with zeros outside each row's candidates (small C only)."""
         out = np.zeros(self.shape, dtype=dtype)
-        np.put_along_axis(out, self.idx.astype(np.int64), self.val.astype(dtype), axis=1)
+        rows, cols = np.nonzero(self.idx >= 0)  # -1: padding of a row with fewer candidates
+        out[rows, self.idx[rows, cols]] = self.val[rows, cols]
         return out
 
 
@@ -166,3 +167,22 @@ def finish(acc: TopK, k: int) -> TopK:
     """The ``k`` best of an accumulated sum (padding candidates dropped where possible)."""
     k = min(k, acc.k)
     return TopK(acc.idx[:, :k].copy(), acc.val[:, :k].copy(), acc.num_classes)
+
+
+def combine(a: TopK, b: TopK, fn, k: int) -> TopK:
+    """``fn(a_value, b_value)`` over the union of two score sets' candidates (a value missing from
+    one set is 0 there), the ``k`` best kept: e.g. the product of classifier and kNN scores."""
+    if len(a) != len(b) or a.num_classes != b.num_classes:
+        raise ValueError("combine: score sets of different rows or classes")
+    c, k = a.num_classes, min(k, a.num_classes)
+    idx = np.empty((len(a), k), dtype=np.int32)
+    val = np.empty((len(a), k), dtype=np.float32)
+    for s in range(0, len(a), _CHUNK):
+        rows = slice(s, s + _CHUNK)
+        cand = np.concatenate([a.idx[rows], b.idx[rows]], axis=1).astype(np.int64)
+        za, zb = np.zeros(a.idx[rows].shape, np.float32), np.zeros(b.idx[rows].shape, np.float32)
+        i, va = _sum_by_row_and_class(cand, np.concatenate([a.val[rows].astype(np.float32), zb], axis=1), c)
+        _, vb = _sum_by_row_and_class(cand, np.concatenate([za, b.val[rows].astype(np.float32)], axis=1), c)
+        out = np.where(i >= 0, fn(np.maximum(va, 0), np.maximum(vb, 0)), -np.inf).astype(np.float32)
+        idx[rows], val[rows] = _best_k(i, out, k)
+    return TopK(idx, val, c)

@@ -79,3 +79,23 @@ def test_merge_skips_the_padding_of_rows_with_few_candidates():
     again = merge([m, m], [0.5, 0.5], k=3)
     np.testing.assert_array_equal(again.idx, m.idx)
     np.testing.assert_allclose(again.val, m.val)
+
+
+def test_knn_votes_and_fusion_as_topk_equal_the_dense_ones():
+    """At 81k classes kNN class scores and their fusion with the classifier are top-k: on a small
+    label map they equal the dense computation on the union of candidates."""
+    from pipeline.infer.retrieval import fuse, knn_class_scores
+
+    rng = np.random.default_rng(4)
+    c, q, k = 30, 50, 6
+    sims = np.sort(rng.random((q, k)), axis=1)[:, ::-1]
+    idx = rng.integers(0, 40, (q, k))
+    g_labels = rng.integers(-1, c, 40)  # some non-landmark gallery photos (-1)
+    dense_s = knn_class_scores(sims, idx, g_labels, c)
+    sparse_s = knn_class_scores(sims, idx, g_labels, c, sparse=True)
+    np.testing.assert_allclose(sparse_s.dense(), dense_s, atol=1e-6)
+    p = _probs(rng, q, c)
+    for alpha, beta in ((1.0, 1.0), (1.0, 0.0), (0.5, 2.0)):
+        dense_f = fuse(p, dense_s, alpha, beta)
+        sparse_f = fuse(topk(p, c), sparse_s, alpha, beta)
+        np.testing.assert_allclose(sparse_f.dense(), dense_f, atol=1e-6)

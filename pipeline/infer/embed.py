@@ -44,6 +44,7 @@ from pipeline.runs.load import RunInfo, load_run
 from pipeline.runs.predfile import WEIGHTS_KEY, check_fresh, load_predictions, save_predictions, weights_sha
 from pipeline.runs.prep import read_prep_identity
 from pipeline.runs.scan import finished_runs
+from pipeline.scores import TopK, concat
 
 log = logging.getLogger(__name__)
 
@@ -144,13 +145,14 @@ class KnnSetting:
 
 
 def _knn_scores(
-    q: np.ndarray, g: np.ndarray, g_labels: np.ndarray, c: int, s: KnnSetting, dtype: str
+    q: np.ndarray, g: np.ndarray, g_labels: np.ndarray, c: int, s: KnnSetting, dtype: str, sparse: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(class scores, each query's similarity to its nearest gallery photo: its landmark-ness)."""
+    """(class scores, each query's similarity to its nearest gallery photo: its landmark-ness);
+    ``sparse``: the class scores as top-k (the classifier's files are top-k: 81k classes)."""
     if s.k > len(g):
         raise PipelineError(f"knn_k={s.k} is larger than the gallery ({len(g)} training images); lower knn_k")
     sims, idx = knn(q, g, s.k, compute_dtype=dtype)
-    return knn_class_scores(sims, idx, g_labels, c, power=s.power), sims[:, 0].copy()
+    return knn_class_scores(sims, idx, g_labels, c, power=s.power, sparse=sparse), sims[:, 0].copy()
 
 
 def tune_fusion(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[float, float, float]:
@@ -159,8 +161,8 @@ def tune_fusion(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple
     ``parts``: (classifier probs, kNN scores, labels) per set. Ties keep the first grid point, so
     the classifier alone (beta 0) wins unless the kNN scores really help.
     """
-    probs = np.concatenate([p for p, _, _ in parts])
-    scores = np.concatenate([s for _, s, _ in parts])
+    probs = concat([p for p, _, _ in parts])
+    scores = concat([s for _, s, _ in parts])
     labels = np.concatenate([y for _, _, y in parts])
     best = (1.0, 0.0, -1.0)
     for beta in BETAS:
@@ -190,7 +192,8 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
     q_ids, q_emb = (g_ids, g_emb) if info.fold >= 0 else read_embeddings(run_dir, "val")  # holdout: val rows
     pos = pd.Series(np.arange(len(q_ids)), index=q_ids)[oof["ids"]].to_numpy()
     q = np.asarray(q_emb[pos], dtype=np.float32)
-    queries["oof"] = (oof, _knn_scores(q, gallery, g_labels, num_classes, setting, cfg.knn_compute_dtype))
+    sparse = isinstance(oof["probs"], TopK)
+    queries["oof"] = (oof, _knn_scores(q, gallery, g_labels, num_classes, setting, cfg.knn_compute_dtype, sparse))
     for m in QUERY_MANIFESTS:
         plain = run_dir / schema.pred_file(m)
         if not (plain.is_file() and emb_paths(run_dir, m)[0].is_file()):
@@ -200,7 +203,7 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
         ids, emb = read_embeddings(run_dir, m)
         pos = pd.Series(np.arange(len(ids)), index=ids)[preds["ids"]].to_numpy()
         q = np.asarray(emb[pos], dtype=np.float32)
-        queries[m] = (preds, _knn_scores(q, gallery, g_labels, num_classes, setting, cfg.knn_compute_dtype))
+        queries[m] = (preds, _knn_scores(q, gallery, g_labels, num_classes, setting, cfg.knn_compute_dtype, sparse))
     tuned = None
     if cfg.knn_tune:
         tuning = [(p["probs"], s[0], p["labels"]) for m, (p, s) in queries.items() if m in ("oof", schema.NONLANDMARK)]

@@ -29,6 +29,7 @@ import torch
 
 from common.errors import DataError, PipelineError
 from common.io import atomic_write
+from pipeline.scores import TopK, combine, merge
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,11 @@ def knn_class_scores(
     num_classes: int,
     power: float = 1.0,
     norm: str = "k",
-) -> np.ndarray:
-    """(Q, num_classes) float32 class scores in [0, 1] from the neighbours of :func:`knn`.
+    sparse: bool = False,
+) -> np.ndarray | TopK:
+    """(Q, num_classes) float32 class scores in [0, 1] from the neighbours of :func:`knn`
+    (``sparse``: as a :class:`~pipeline.scores.TopK` of the neighbours' classes, for label maps
+    too large for a dense row: GLD v2's 81k).
 
     Each neighbour votes for its gallery label with weight ``max(sim, 0)^power``; a class's score
     is the sum of its votes divided by ``k`` (``norm="k"``: keeps the similarity scale, so a query
@@ -202,29 +206,43 @@ def knn_class_scores(
         raise PipelineError(f"knn_class_scores: norm must be 'k' or 'total', got '{norm}'")
     w = np.clip(sims.astype(np.float64), 0.0, 1.0) ** power
     lab = labels[idx]
+    denom = np.full((sims.shape[0], 1), float(sims.shape[1])) if norm == "k" else w.sum(1, keepdims=True)
+    if sparse:  # votes summed per (row, class); non-landmark neighbours (-1) vote for none
+        votes = TopK(lab.astype(np.int32), (w / np.maximum(denom, 1e-12)).astype(np.float32), num_classes)
+        return merge([votes], [1.0], k=sims.shape[1])
     out = np.zeros((sims.shape[0], num_classes), dtype=np.float64)
     rows = np.broadcast_to(np.arange(sims.shape[0])[:, None], lab.shape)
     ok = lab >= 0
     np.add.at(out, (rows[ok], lab[ok]), w[ok])
-    denom = np.full((sims.shape[0], 1), float(sims.shape[1])) if norm == "k" else w.sum(1, keepdims=True)
     return (out / np.maximum(denom, 1e-12)).astype(np.float32)
 
 
-def fuse(clf_probs: np.ndarray, knn_scores: np.ndarray, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
-    """``clf_probs^alpha * knn_scores^beta``: (Q, C) float32 scores in [0, 1].
-
-    A class must be likely under both to score high; the exponents weight the two (Ha et al.
-    2020 multiply powers of classifier and retrieval scores). Rows are not renormalised, so a
-    query that both find unlikely (a non-landmark) keeps a low maximum.
-    """
-    p, s = np.asarray(clf_probs, dtype=np.float64), np.asarray(knn_scores, dtype=np.float64)
-    if p.shape != s.shape or p.ndim != 2:
-        raise DataError(f"fuse: classifier probs {p.shape} and kNN scores {s.shape} must be the same (Q, C) shape")
+def _check_exponents(alpha: float, beta: float) -> None:
     for what, v in (("alpha", alpha), ("beta", beta)):
         if not (math.isfinite(v) and v >= 0):
             raise PipelineError(f"fuse: {what} must be a finite number >= 0, got {v}")
     if alpha + beta <= 0:
         raise PipelineError("fuse: alpha and beta cannot both be 0")
+
+
+def fuse(
+    clf_probs: np.ndarray | TopK, knn_scores: np.ndarray | TopK, alpha: float = 1.0, beta: float = 1.0
+) -> np.ndarray | TopK:
+    """``clf_probs^alpha * knn_scores^beta``: (Q, C) float32 scores in [0, 1].
+
+    A class must be likely under both to score high; the exponents weight the two (Ha et al.
+    2020 multiply powers of classifier and retrieval scores). Rows are not renormalised, so a
+    query that both find unlikely (a non-landmark) keeps a low maximum. Top-k inputs
+    (:class:`~pipeline.scores.TopK`) are fused over the union of their candidates.
+    """
+    if isinstance(clf_probs, TopK) and isinstance(knn_scores, TopK):
+        _check_exponents(alpha, beta)
+        k = clf_probs.k
+        return combine(clf_probs, knn_scores, lambda p, s: np.clip(p, 0, 1) ** alpha * np.clip(s, 0, 1) ** beta, k)
+    p, s = np.asarray(clf_probs, dtype=np.float64), np.asarray(knn_scores, dtype=np.float64)
+    if p.shape != s.shape or p.ndim != 2:
+        raise DataError(f"fuse: classifier probs {p.shape} and kNN scores {s.shape} must be the same (Q, C) shape")
+    _check_exponents(alpha, beta)
     for what, v in (("classifier probs", p), ("kNN scores", s)):
         if v.size and not (np.isfinite(v).all() and v.min() >= -1e-6 and v.max() <= 1 + 1e-6):
             raise DataError(f"fuse: {what} must lie in [0, 1]")
