@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from common.config import build_config  # noqa: E402
 from common.errors import PipelineError  # noqa: E402
-from pipeline.config import EnsembleConfig  # noqa: E402
+from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble  # noqa: E402
 from pipeline.ensemble.plan import OOF, TEST, landmark_rows, make_plan, similarity  # noqa: E402
 from pipeline.ensemble.postprocess import TuningSet, fit_landmark  # noqa: E402

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common import schema
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.infer.core import Job, check_runs, iter_predictions, make_accelerator
 from pipeline.infer.tta import TTA
 from pipeline.metrics import score_all

@@ -15,9 +15,9 @@ STAGE_CONFIGS = (
     "data_prep.config:PrepConfig",
     "data_prep.config:FoldsConfig",
     "pipeline.config:TrainConfig",
-    "pipeline.config:PredictConfig",
-    "pipeline.config:EnsembleConfig",
-    "pipeline.config:ExportConfig",
+    "pipeline.config_stages:PredictConfig",
+    "pipeline.config_stages:EnsembleConfig",
+    "pipeline.config_stages:ExportConfig",
 )
 
 

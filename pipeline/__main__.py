@@ -30,25 +30,25 @@ from common.config import config_help, load_stage_config
 STAGE_COMMANDS = {
     "train": ("pipeline.config:TrainConfig", "train", "pipeline.train.stage:main", "fit every (model, fold)"),
     "predict": (
-        "pipeline.config:PredictConfig",
+        "pipeline.config_stages:PredictConfig",
         "predict",
         "pipeline.infer.predict:main",
         "predict a manifest from runs",
     ),
-    "embed": ("pipeline.config:PredictConfig", "predict", "pipeline.infer.embed:main", "embeddings for kNN retrieval"),
+    "embed": ("pipeline.config_stages:PredictConfig", "predict", "pipeline.infer.embed:main", "embeddings for kNN retrieval"),
     "ensemble": (
-        "pipeline.config:EnsembleConfig",
+        "pipeline.config_stages:EnsembleConfig",
         "ensemble",
         "pipeline.ensemble.stage:main",
         "leaderboard + internal CSV",
     ),
     "submit": (
-        "pipeline.config:EnsembleConfig",
+        "pipeline.config_stages:EnsembleConfig",
         "ensemble",
         "pipeline.submit.stage:main",
         "the competition submission",
     ),
-    "export": ("pipeline.config:ExportConfig", "export", "pipeline.submit.export:main", "offline inference bundle"),
+    "export": ("pipeline.config_stages:ExportConfig", "export", "pipeline.submit.export:main", "offline inference bundle"),
 }
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from common import schema
 from common.config import build_config
-from pipeline.config import EnsembleConfig
+from pipeline.config_stages import EnsembleConfig
 from pipeline.runs.predfile import save_predictions
 
 LANDMARKS = [1234, 56789, 77]

@@ -21,7 +21,8 @@ PACKAGES = ("common", "data_prep", "pipeline")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("common", ("common",)),
     ("data prep", ("data_prep",)),
-    ("base", ("pipeline.config", "pipeline.metrics", "pipeline.runtime", "pipeline.scores")),
+    ("base", ("pipeline.config", "pipeline.config_stages", "pipeline.metrics", "pipeline.runtime",
+              "pipeline.scores")),
     ("models", ("pipeline.models",)),
     ("components", ("pipeline.data", "pipeline.optim")),
     ("run folders", ("pipeline.runs",)),

@@ -52,7 +52,7 @@ def test_shipped_configs_resolve():
     from pathlib import Path
 
     from data_prep.config import FoldsConfig
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
 
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml")):
         for cls, stage in (
@@ -131,7 +131,7 @@ def test_child_beats_inherited_model_overrides_and_common_section(tmp_path):
 
 def test_layered_files_and_keys_of_other_stages(tmp_path):
     from data_prep.config import PrepConfig as P
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
 
     (tmp_path / "data.yaml").write_text("common: {dataset: d}\ntrain: {epochs: 3, lr: 0.01}\n")
     (tmp_path / "recipe.yaml").write_text("train: {optimizer: sgd, lr: 0.1}\n")
@@ -191,7 +191,7 @@ def test_prefetch_is_auto_on_a_gpu_only_and_validated():
 
 
 def test_ensemble_weights_without_models_say_how_to_give_them():
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
 
     cfg = EnsembleConfig(method="weighted", weights=[0.8, 0.2])
     with pytest.raises(ConfigError, match=r"needs one value per entry of 'models'.*e\.g\. models=resnet18"):

@@ -8,7 +8,7 @@ import pytest
 
 from common import schema
 from common.errors import PipelineError
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.infer.embed import read_embeddings, run_embed, tune_fusion
 from pipeline.runs.predfile import load_predictions
 from pipeline.train.stage import fit
@@ -84,7 +84,7 @@ def test_tune_fusion_prefers_the_source_that_ranks_non_landmarks_low():
 
 def test_ensemble_reads_the_knn_source(embedded):
     from common.errors import DataError
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
     from pipeline.ensemble.stage import run_ensemble
 
     root = embedded["root"]

@@ -20,7 +20,7 @@ import yaml
 
 from common import schema
 from common.cli import run_main
-from pipeline.config import EnsembleConfig, ExportConfig, PredictConfig
+from pipeline.config_stages import EnsembleConfig, ExportConfig, PredictConfig
 from pipeline.infer.predict import run_predict
 from pipeline.runs.bundle import BUNDLE_JSON, BUNDLE_RUNS, PREP_JSON, read_bundle
 from pipeline.runs.load import load_run

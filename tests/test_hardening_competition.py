@@ -229,7 +229,7 @@ def test_gap_says_so_when_the_solution_of_broken_rows_is_gone(tmp_path, capsys):
 
 
 def _export_cfg(tmp_path, out_dir, experiment: str = "exp"):
-    from pipeline.config import ExportConfig
+    from pipeline.config_stages import ExportConfig
 
     return ExportConfig(
         dataset="ds",
@@ -424,7 +424,7 @@ def test_the_default_name_is_the_experiment_and_is_recorded(tmp_path):
     cfg = config(tmp_path)
     values = {k: getattr(cfg, k) for k in ("dataset", "data_root", "runs_root", "submissions_dir")}
     from common.config import build_config
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
 
     cfg = build_config(EnsembleConfig, {**values, "experiment": "exp"}, "test")  # no name given
     assert cfg.name == "exp"
@@ -438,7 +438,7 @@ def test_the_default_name_is_the_experiment_and_is_recorded(tmp_path):
 
 def test_the_cli_default_name_follows_the_experiment_given_on_the_command_line(tmp_path):
     from common.config import load_stage_config
-    from pipeline.config import EnsembleConfig
+    from pipeline.config_stages import EnsembleConfig
 
     cfg_file = tmp_path / "ds.yaml"
     cfg_file.write_text("common:\n  dataset: ds\n  experiment: ds\n")

@@ -15,7 +15,8 @@ import yaml
 from common import schema
 from common.cli import run_main
 from common.errors import ConfigError, DataError
-from pipeline.config import PredictConfig, TrainConfig
+from pipeline.config import TrainConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.infer.core import predict_loader
 from pipeline.infer.predict import DEFAULT_MANIFESTS, run_predict
 from pipeline.infer.tta import TTA

@@ -4,6 +4,7 @@ union of candidates where k < C, and one line for a mix of forms."""
 import numpy as np
 import pytest
 
+from common import schema
 from common.errors import DataError
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.inputs import Checker, pred_paths
@@ -11,7 +12,6 @@ from pipeline.metrics import score_all
 from pipeline.runs.predfile import load_predictions, save_predictions
 from pipeline.runs.scan import scan
 from pipeline.scores import TopK, topk
-from common import schema
 from tests.ensemble_helpers import FINGERPRINT, run_dir, write_data
 
 C = 40

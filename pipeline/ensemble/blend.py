@@ -10,7 +10,7 @@ import numpy as np
 
 from common.config import check_choice, choices_of
 from common.errors import PipelineError
-from pipeline.config import EnsembleConfig
+from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.inputs import Checker, Preds, fold_average
 from pipeline.metrics import top1
 from pipeline.scores import TopK, accumulate, finish

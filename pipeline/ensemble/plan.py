@@ -13,7 +13,7 @@ import pandas as pd
 
 from common import schema
 from common.errors import ConfigError, DataError
-from pipeline.config import EnsembleConfig
+from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import blend, stream_ensemble
 from pipeline.ensemble.inputs import Checker, Preds, pred_paths, score_row
 from pipeline.ensemble.postprocess import PostProcess, TuningSet, fit_landmark, fit_postprocess

@@ -48,7 +48,7 @@ import pandas as pd
 from common.errors import DataError
 from common.io import write_csv
 from common.lock import folder_lock
-from pipeline.config import EnsembleConfig
+from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.frame import submission_frame
 from pipeline.ensemble.inputs import Preds, score_row

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 
 from common.errors import DataError, PipelineError
 from common.lock import folder_lock
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.data.datasets import build_dataset, normalize
 from pipeline.data.loaders import make_loader
 from pipeline.infer.tta import TTA, check_tta

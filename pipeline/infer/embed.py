@@ -33,7 +33,7 @@ import torch
 from common import schema
 from common.errors import DataError, PipelineError
 from common.io import write_json
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.data.datasets import build_dataset, normalize
 from pipeline.data.loaders import make_loader
 from pipeline.infer.core import check_runs, lock_folders, make_accelerator, run_cache

@@ -20,7 +20,7 @@ import pandas as pd
 from common import schema
 from common.errors import DataError
 from common.io import write_csv, write_json, write_yaml
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.infer.core import Job, check_runs, iter_predictions, lock_folders, make_accelerator, prediction_meta
 from pipeline.infer.tta import TTA
 from pipeline.runs.load import RunInfo

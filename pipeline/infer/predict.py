@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import schema
 from common.errors import DataError
-from pipeline.config import PredictConfig
+from pipeline.config_stages import PredictConfig
 from pipeline.data.datasets import fold_rows
 from pipeline.infer.core import (
     Job,

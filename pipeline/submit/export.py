@@ -35,7 +35,7 @@ from common import schema
 from common.errors import PipelineError
 from common.io import atomic_write, write_csv, write_json, write_text, write_yaml
 from common.lock import LOCK_NAME, folder_lock
-from pipeline.config import ExportConfig
+from pipeline.config_stages import ExportConfig
 from pipeline.runs.bundle import (
     BUNDLE_FORMAT,
     BUNDLE_JSON,

@@ -39,7 +39,7 @@ from common.errors import DataError, PipelineError
 from common.io import atomic_path, write_json
 from common.lock import folder_lock
 from data_prep.competition import label_rows, read_solution
-from pipeline.config import EnsembleConfig
+from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.frame import submission_frame
 from pipeline.ensemble.inputs import Preds
