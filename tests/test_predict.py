@@ -349,3 +349,21 @@ def test_two_process_ddp_predicts_every_row_once_in_order(tiny_data, runs, tmp_p
         assert list(ddp["ids"]) == list(one["ids"])  # ... in manifest order
         np.testing.assert_allclose(ddp["probs"], one["probs"], atol=1e-5)
         assert yaml.safe_load((run / schema.RUN_CONFIG).read_text())["model"] == "simple_cnn"
+
+
+def test_pred_topk_writes_top_k_files_that_score_like_the_dense_ones(tiny_data, runs):
+    """pred_topk=3 on the tiny set (4+ classes): each row keeps its 3 best classes; GAP and top-1
+    from them equal those of the dense file (the leaderboard loses nothing it shows)."""
+    from pipeline.metrics import score_all
+    from pipeline.scores import TopK
+
+    (dense,) = run_predict(predict_config(tiny_data, runs["root"], folds=[0], manifests=["test"], probs_dtype="float32"))
+    d = load_predictions(dense)
+    (sparse,) = run_predict(
+        predict_config(tiny_data, runs["root"], folds=[0], manifests=["test"], probs_dtype="float32", pred_topk=3)
+    )
+    s = load_predictions(sparse)
+    assert isinstance(s["probs"], TopK) and s["probs"].k == 3 and s["meta"]["topk"] == 3
+    assert not isinstance(d["probs"], TopK)  # 0 = auto: dense below 1000 classes
+    want, got = score_all(d["probs"], d["labels"]), score_all(s["probs"], s["labels"])
+    assert got["gap"] == pytest.approx(want["gap"], abs=1e-6) and got["top1"] == want["top1"]

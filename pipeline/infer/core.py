@@ -151,6 +151,7 @@ def iter_predictions(
                 cfg.progress,
                 f"{info.tag} {job.manifest}",
                 forward,
+                k=cfg.pred_topk,
             )
             yield info, job, out
         del model, run

@@ -278,7 +278,8 @@ def predict_competition(cfg: PredictConfig) -> list[Path]:
                 clear_done(run_out)
                 write_yaml(run_out / schema.RUN_CONFIG, {**info.saved, "prep": src.prep.as_dict()})
                 meta = prediction_meta(info, schema.COMPETITION, tta, src.prep, accelerator, experiment=src.experiment)
-                save_predictions(path, rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype)
+                save_predictions(path, rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype,
+                                 cfg.pred_topk)  # fmt: skip
                 mark_done(run_out)
             written.append(path)
         accelerator.wait_for_everyone()

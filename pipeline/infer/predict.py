@@ -102,7 +102,8 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
             path = info.run_dir / schema.pred_file(job.manifest, tta.on)
             if accelerator.is_main_process:
                 meta = prediction_meta(info, job.manifest, tta, current, accelerator, experiment=cfg.experiment)
-                save_predictions(path, job.rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype)
+                save_predictions(path, job.rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype,
+                                 cfg.pred_topk)  # fmt: skip
                 log.info("%s: %s (%d rows)", info.tag, path.name, len(job.rows))
             written.append(path)
         accelerator.wait_for_everyone()
