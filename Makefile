@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 # every variable a user may set; a command-line one close to these is a typo and stops make
 KNOWN_VARS := PYTHON CONSTRAINTS DATASET CONFIG RECIPE EXPERIMENT EXPERIMENTS NAME MODELS FOLDS EPOCHS ARGS \
-              PREP_ARGS GLD_ROOT CIFAR_ROOT TEST_ROOT SOURCE_ROOT CONFIRM
+              PREP_ARGS GLD_ROOT CIFAR_ROOT TEST_ROOT SOURCE_ROOT CONFIRM NPROC LAUNCH_ARGS
 CLI_VARS := $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v)))
 ifneq ($(filter-out $(KNOWN_VARS),$(CLI_VARS)),)
   VAR_TYPOS := $(shell $(PYTHON) -c 'import difflib, sys; known = sys.argv[1].split(); \
@@ -23,6 +23,10 @@ ifneq ($(filter-out $(KNOWN_VARS),$(CLI_VARS)),)
 endif
 
 DATASET ?= default
+# several processes (GPUs; one machine, or each machine of several with LAUNCH_ARGS) for the
+# stages that run a network: accelerate launch; unset or 1 = this process only
+NPROC ?=
+LAUNCH = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/accelerate launch --multi_gpu --num_processes $(NPROC) $(LAUNCH_ARGS) -m,$(PY) -m)
 DATASETS := $(sort $(basename $(notdir $(wildcard configs/*.yaml))))
 RECIPE_NAMES := $(sort $(basename $(notdir $(wildcard configs/recipes/*.yaml))))
 CONFIG  ?= configs/$(DATASET).yaml
@@ -36,7 +40,7 @@ NEXT_VARS = $(if $(filter-out default,$(DATASET)), DATASET=$(DATASET))$(if $(REC
 # expanded only when `make all` prints its last line, when .venv exists
 SUBMISSION = $(or $(shell $(PY) -c 'import sys; from common.cli import dashed_overrides; \
   from common.config import load_stage_config; from common.stages import stage_configs; \
-  from pipeline.config import EnsembleConfig; a = dashed_overrides(["submit", *sys.argv[1:]])[1:]; \
+  from pipeline.config_stages import EnsembleConfig; a = dashed_overrides(["submit", *sys.argv[1:]])[1:]; \
   cfg = [a[i + 1] for i, x in enumerate(a) if x == "--config"]; \
   over = [x for i, x in enumerate(a) if x != "--config" and (i == 0 or a[i - 1] != "--config")]; \
   c = load_stage_config(EnsembleConfig, "ensemble", cfg, over, stage_configs()); \
@@ -104,6 +108,9 @@ help:
 	@echo "  GLD_ROOT     GLD v1/v2 folder (DATASET=gld);  CIFAR_ROOT: folder with the CIFAR pickles"
 	@echo "  TEST_ROOT    the competition's test folder (sample_submission.csv + test/a/b/c/<id>.jpg)"
 	@echo "  SOURCE_ROOT  raw data folder for any other source (paris6k: one folder per landmark)"
+	@echo "  NPROC        processes for train/predict/embed (GPUs): accelerate launch --multi_gpu --num_processes NPROC"
+	@echo "  LAUNCH_ARGS  more accelerate launch options, e.g. several machines: --num_machines 2 --machine_rank 0 \\"
+	@echo "               --main_process_ip HOST --main_process_port 29500 (run the same make on every machine)"
 	@echo "  EXPERIMENTS  \"a b\" for compare;  CONFIRM=yes for clean-runs (all) and distclean"
 	@echo "  PYTHON       the interpreter that creates .venv (python3);  CONSTRAINTS: pin file (constraints.txt)"
 	@echo "A misspelt variable (EPOCH=1) stops make before anything runs; OMP_NUM_THREADS etc. pass through."
@@ -143,13 +150,13 @@ folds: settings
 	$(PY) -m data_prep folds $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
 
 train: settings
-	$(PY) -m pipeline train $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+	$(LAUNCH) pipeline train $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
 
 predict: settings
-	$(PY) -m pipeline predict $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+	$(LAUNCH) pipeline predict $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
 
 embed: settings
-	$(PY) -m pipeline embed $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
+	$(LAUNCH) pipeline embed $(CONFIG_ARGS) $(strip $(STAGE_ARGS))
 
 ensemble: settings
 	$(PY) -m pipeline ensemble $(CONFIG_ARGS) $(strip $(STAGE_ARGS))

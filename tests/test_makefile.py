@@ -135,3 +135,15 @@ def test_readme_first_screen_and_its_links():
                 assert anchor in {_anchor(h) for h in headings}, (page.name, target)
         for code in re.findall(r"`((?:pipeline|data_prep|common|bench|tests)/[\w/]+\.py)", page.read_text()):
             assert (REPO / code).is_file(), (page.name, code)  # a module named in the docs still exists there
+
+
+def test_nproc_launches_the_network_stages_with_accelerate():
+    """make train NPROC=8 runs accelerate launch with 8 processes; the stages without a network do not."""
+    out = make("-n", "train", "predict", "embed", "ensemble", "NPROC=8", "LAUNCH_ARGS=--num_machines 2").stdout
+    for stage in ("train", "predict", "embed"):
+        (line,) = commands(out, stage)
+        assert "accelerate launch --multi_gpu --num_processes 8 --num_machines 2 -m pipeline " + stage in line
+    (line,) = commands(out, "ensemble")
+    assert "accelerate" not in line
+    (line,) = commands(make("-n", "train").stdout, "train")
+    assert "accelerate" not in line and "/python -m pipeline train" in line
