@@ -119,7 +119,7 @@ class _DirectAttention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kt = k.transpose(1, 2)
         blocks = _blocks(q.shape[0], q.shape[1], k.shape[1])
-        parts = [torch.bmm(torch.softmax(torch.bmm(q[b, r], kt[b]), dim=-1), v[b]) for b, r in blocks]
+        parts = [_matvec(torch.softmax(torch.bmm(q[b, r], kt[b]), dim=-1), v[b]) for b, r in blocks]
         out = _assemble(parts, blocks, (q.shape[0], q.shape[1], 1))
         ctx.save_for_backward(q, k, v, out)
         return out
@@ -155,7 +155,7 @@ class _GramAttention(torch.autograd.Function):
         batch, g, _, ch = n.shape
         og = wq.shape[1]
         blocks = _blocks(batch, g * og, ch, unit=og)
-        parts = [torch.bmm(torch.softmax(_group_logits(wq, n, b, r, og), dim=-1), v[b]) for b, r in blocks]
+        parts = [_matvec(torch.softmax(_group_logits(wq, n, b, r, og), dim=-1), v[b]) for b, r in blocks]
         out = _assemble(parts, blocks, (batch, ch, 1))
         ctx.save_for_backward(wq, n, v, out)
         return out
@@ -183,26 +183,28 @@ class _GramAttention(torch.autograd.Function):
 
 
 class _Gram(torch.autograd.Function):
-    """``G = X X^T`` for ``X: (B, w, s)``; backward ``dX = (dG + dG^T) X`` as one bmm.
+    """``(X X^T, mean of X over s)`` for ``X: (B, w, s)``; backward ``dX = (dG + dG^T) X + dm / s``.
 
-    Autograd would run two bmms (one per operand) and add their results, one of them in the
-    other memory layout than ``X`` (slow strided add); here the gradient comes out in ``X``'s layout.
+    One bmm (+ the mean's gradient as its bias) in ``X``'s own memory layout, where autograd would
+    run two bmms, expand the mean's gradient to a full tensor and add the three, one of them in
+    the other layout than ``X`` (a slow strided add).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")
-    def forward(ctx, xf: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(xf)
-        return torch.bmm(xf, xf.transpose(1, 2))
+        return torch.bmm(xf, xf.transpose(1, 2)), xf.mean(dim=-1)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor, grad_mean: torch.Tensor) -> torch.Tensor:
         (xf,) = ctx.saved_tensors
-        sym = grad + grad.transpose(1, 2)
+        sym = (grad + grad.transpose(1, 2)).to(xf.dtype)
+        bias = (grad_mean / xf.shape[-1]).to(xf.dtype)
         if xf.stride(1) == 1:  # channels_last: (B, s, w) is the contiguous one; X^T S = (S X)^T
-            return torch.bmm(xf.transpose(1, 2), sym.to(xf.dtype)).transpose(1, 2)
-        return torch.bmm(sym.to(xf.dtype), xf)
+            return torch.baddbmm(bias.unsqueeze(1), xf.transpose(1, 2), sym).transpose(1, 2)
+        return torch.baddbmm(bias.unsqueeze(-1), sym, xf)
 
 
 def _group_logits(wq: torch.Tensor, n: torch.Tensor, b: slice, r: slice, og: int) -> torch.Tensor:
@@ -211,6 +213,11 @@ def _group_logits(wq: torch.Tensor, n: torch.Tensor, b: slice, r: slice, og: int
     n_blk = n[b, groups]
     logits = torch.matmul(wq[groups].to(n_blk.dtype), n_blk)  # (nb, gc, og, ch)
     return logits.view(logits.shape[0], -1, logits.shape[-1])
+
+
+def _matvec(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``bmm(p, v)`` for ``p: (n, r, ch)``, ``v: (n, ch, 1)``: one ``linear`` per item, 3x faster in bf16."""
+    return torch.stack([F.linear(p_i, v_i.transpose(0, 1)) for p_i, v_i in zip(p, v)])
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:
@@ -258,27 +265,34 @@ class AttentionUnit(nn.Module):
         """The (B, ch, 1, 1) channel scale in (0, 1)."""
         width, s = x.shape[1], x.shape[2] * x.shape[3]
         ch, g = self.key.out_channels, self.groups
-        v = F.conv2d(x.mean(dim=(2, 3), keepdim=True), self.value.weight, groups=g).flatten(1).unsqueeze(-1)
         wq = self.query.weight * (1.0 / math.sqrt(s))  # (ch, wg, 1, 1): the smaller operand
         if _gram_is_cheaper(width, ch, g, s):
-            n = self._gram_times_key(x)
+            gram, mean = _Gram.apply(x.flatten(2))  # (B, w, w), symmetric; (B, w)
+            v = self._value(mean)
+            n = self._gram_times_key(gram)
             out = _GramAttention.apply(wq.view(g, ch // g, width // g), n, v.to(n.dtype))
         else:
+            v = self._value(x.mean(dim=(2, 3)))
             q = F.conv2d(x, wq, groups=g).flatten(2)
             k = self.key(x).flatten(2)
             out = _DirectAttention.apply(q, k, v.to(q.dtype))
         return torch.sigmoid(out).unsqueeze(-1)
 
-    def _gram_times_key(self, x: torch.Tensor) -> torch.Tensor:
-        """``N = (X X^T) Wk^T`` as (B, g, wg, ch), so that ``Q K^T = Wq N`` group by group."""
-        b, w = x.shape[:2]
+    def _value(self, mean: torch.Tensor) -> torch.Tensor:
+        """``V = AP(CV(x)) = CV(AP(x))`` (a 1x1 conv without bias commutes with the mean): (B, ch, 1)."""
+        v = F.conv2d(mean[:, :, None, None], self.value.weight, groups=self.groups)
+        return v.flatten(1).unsqueeze(-1)
+
+    def _gram_times_key(self, gram: torch.Tensor) -> torch.Tensor:
+        """``N = G Wk^T`` as a contiguous (B, g, wg, ch), so that ``Q K^T = Wq N`` group by group."""
+        b, w = gram.shape[:2]
         ch, g = self.key.out_channels, self.groups
         wg, og = w // g, ch // g
-        gram = _Gram.apply(x.flatten(2))  # (B, w, w), symmetric
         wk = self.key.weight.view(g, og, wg)
         # N^T = Wk G (G = G^T): group h of Wk only meets the rows of block h -> (B, g, og, w) = (B, ch, w)
         nt = torch.matmul(wk.to(gram.dtype), gram.view(b, g, wg, w))
-        return nt.view(b, ch, w).transpose(1, 2).reshape(b, g, wg, ch)
+        # one transposed copy here instead of one per block use (forward, recompute, backward)
+        return nt.view(b, ch, w).transpose(1, 2).reshape(b, g, wg, ch).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale(x) * self.norm(self.out(x))
