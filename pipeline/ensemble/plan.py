@@ -1,6 +1,11 @@
 """What an ensemble or submission will do, decided once before any file is written: the finished
-runs (:func:`pipeline.runs.scan.scan`), their prediction files, the weights (given or fitted)
-and the post-processing variants with their tuning set."""
+runs (:func:`pipeline.runs.scan.scan`), their prediction files, the weights (given, or fitted and
+chosen by cross-fitting: :func:`pipeline.ensemble.weights.select_weights`), the post-processing
+variants with their tuning set, and landmark-ness (each query's similarity to its nearest training
+photo, from the embed stage's ``nearest_<manifest>.npz``).
+
+The stage applies landmark-ness through :func:`landmark_rows` (leaderboard rows of a manifest) and
+:func:`final_answers` (what a CSV gets), which read the similarities of that manifest's ids."""
 
 from __future__ import annotations
 
