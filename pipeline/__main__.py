@@ -35,7 +35,12 @@ STAGE_COMMANDS = {
         "pipeline.infer.predict:main",
         "predict a manifest from runs",
     ),
-    "embed": ("pipeline.config_stages:PredictConfig", "predict", "pipeline.infer.embed:main", "embeddings for kNN retrieval"),
+    "embed": (
+        "pipeline.config_stages:PredictConfig",
+        "predict",
+        "pipeline.infer.embed:main",
+        "embeddings for kNN retrieval",
+    ),
     "ensemble": (
         "pipeline.config_stages:EnsembleConfig",
         "ensemble",
@@ -48,7 +53,12 @@ STAGE_COMMANDS = {
         "pipeline.submit.stage:main",
         "the competition submission",
     ),
-    "export": ("pipeline.config_stages:ExportConfig", "export", "pipeline.submit.export:main", "offline inference bundle"),
+    "export": (
+        "pipeline.config_stages:ExportConfig",
+        "export",
+        "pipeline.submit.export:main",
+        "offline inference bundle",
+    ),
 }
 
 
@@ -122,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd in STAGE_COMMANDS:
         cfg = load_stage_config(_load(args.cls_ref), args.section, args.config, args.overrides, all_stage_configs())
+        from pipeline.runtime import configure_threads
+
+        configure_threads()  # torch / OpenCV threads = the CPUs this process may use (affinity, cgroup quota)
         try:
             return int(_load(STAGE_COMMANDS[args.cmd][2])(cfg) or 0)
         finally:

@@ -1,0 +1,138 @@
+"""Whole-run speed (issue 22): threads sized to the CPUs a process may use, and the epoch files'
+figure drawn within a time budget instead of after every epoch."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.runtime import available_cpus, configure_threads
+from pipeline.train.loop import BackgroundWriter
+
+
+def _affinity() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _cgroup(tmp_path: Path, lines: str, files: dict[str, str]) -> tuple[str, str]:
+    proc = tmp_path / "proc_cgroup"
+    proc.write_text(lines)
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(proc), str(root)
+
+
+def test_cgroup_v2_quota_of_an_ancestor_caps_the_cpus(tmp_path):
+    proc, root = _cgroup(tmp_path, "0::/user.slice/job\n", {
+        "user.slice/cpu.max": "50000 100000\n",  # half a CPU on the parent: the tightest limit
+        "user.slice/job/cpu.max": "max 100000\n",
+    })  # fmt: skip
+    assert available_cpus(proc, root) == 1
+
+
+def test_cgroup_v2_fractional_quota_rounds_up_and_never_exceeds_the_affinity(tmp_path):
+    proc, root = _cgroup(tmp_path, "0::/\n", {"cpu.max": "150000 100000\n"})  # a container's namespace: "/"
+    assert available_cpus(proc, root) == min(_affinity(), 2)
+    proc, root = _cgroup(tmp_path, "0::/\n", {"cpu.max": "6400000 100000\n"})  # 64 CPUs: the affinity decides
+    assert available_cpus(proc, root) == _affinity()
+
+
+def test_cgroup_v1_quota_and_no_limit(tmp_path):
+    d = "cpu,cpuacct/docker/abc"
+    files = {f"{d}/cpu.cfs_quota_us": "100000\n", f"{d}/cpu.cfs_period_us": "100000\n"}
+    proc, root = _cgroup(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", files)
+    assert available_cpus(proc, root) == 1
+    files[f"{d}/cpu.cfs_quota_us"] = "-1\n"
+    proc, root = _cgroup(tmp_path, "4:cpu,cpuacct:/docker/abc\n", files)
+    assert available_cpus(proc, root) == _affinity()
+
+
+def test_no_cgroup_information_is_the_affinity(tmp_path):
+    assert available_cpus(str(tmp_path / "missing"), str(tmp_path)) == _affinity()
+    proc, root = _cgroup(tmp_path, "0::/a\n", {"a/cpu.max": "garbage\n"})  # unreadable: no limit, no error
+    assert available_cpus(proc, root) == _affinity()
+
+
+@pytest.fixture()
+def thread_env(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OPENCV_FOR_THREADS_NUM", raising=False)
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_configure_threads_lowers_torch_and_sets_opencv(thread_env):
+    thread_env.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    assert configure_threads(1) == 1
+    assert torch.get_num_threads() == 1 and os.environ["OPENCV_FOR_THREADS_NUM"] == "1"
+    torch.set_num_threads(1)
+    configure_threads(4)  # never raised above torch's own choice
+    assert torch.get_num_threads() == 1
+
+
+def test_configure_threads_keeps_the_users_explicit_settings(thread_env):
+    thread_env.setenv("OMP_NUM_THREADS", "2")
+    thread_env.setenv("OPENCV_FOR_THREADS_NUM", "3")
+    torch.set_num_threads(2)
+    configure_threads(1)
+    assert torch.get_num_threads() == 2 and os.environ["OPENCV_FOR_THREADS_NUM"] == "3"
+
+
+def _job(log: list, i: int):
+    """An epoch's files: written now (``log``), its figure returned for later."""
+    log.append(("write", i))
+    return lambda: log.append(("figure", i, threading.current_thread().name))
+
+
+def test_writer_draws_only_the_newest_figure_within_the_gap():
+    log: list = []
+    with BackgroundWriter(min_gap=1000) as w:
+        for i in range(5):
+            w.submit(_job, log, i)
+    assert [e for e in log if e[0] == "write"] == [("write", i) for i in range(5)]
+    figures = [e for e in log if e[0] == "figure"]
+    assert [f[1] for f in figures] == [4] and figures[0][2].startswith("epoch-files")
+    assert log[-1][0] == "figure"  # drawn after the last write, before the block ends
+
+
+def test_writer_draws_every_figure_when_the_budget_allows():
+    log: list = []
+    with BackgroundWriter(min_gap=0, share=1.0) as w:
+        for i in range(3):
+            w.submit(_job, log, i)
+            w.flush()
+    assert [e[1] for e in log if e[0] == "figure"] == [0, 1, 2]
+
+
+def test_writer_spaces_figures_by_their_cost():
+    log: list = []
+
+    def slow_job(i):
+        log.append(("write", i))
+        return lambda: (time.sleep(0.05), log.append(("figure", i)))
+
+    with BackgroundWriter(min_gap=0, share=0.01) as w:  # a 0.05 s figure: the next one not before 5 s
+        for i in range(4):
+            w.submit(slow_job, i)
+            w.flush()
+    assert [e[1] for e in log if e[0] == "figure"] == [0, 3]
+
+
+def test_writer_raises_a_write_error_and_still_draws_the_last_figure():
+    log: list = []
+
+    def failing():
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), BackgroundWriter(min_gap=1000) as w:
+        w.submit(_job, log, 0)
+        w.submit(failing)
+    assert log[-1][:2] == ("figure", 0)
