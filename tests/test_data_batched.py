@@ -365,7 +365,7 @@ import pandas as pd, torch
 from accelerate import Accelerator
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from pipeline.config import TrainConfig
-from pipeline.data.datasets import build_eval_loader, build_train_input
+from pipeline.data.loaders import build_eval_loader, build_train_input
 from pipeline.data.prefetch import Prefetcher
 acc = Accelerator(cpu=True)
 rows = pd.read_csv({str(tmp_path / "rows.csv")!r}, dtype={{"id": str}})
