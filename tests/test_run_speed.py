@@ -136,3 +136,19 @@ def test_writer_raises_a_write_error_and_still_draws_the_last_figure():
         w.submit(_job, log, 0)
         w.submit(failing)
     assert log[-1][:2] == ("figure", 0)
+
+
+def test_a_fold_releases_its_references_and_the_next_one_collects(monkeypatch):
+    from pipeline.runtime import new_accelerator
+    from pipeline.train import stage
+
+    acc = new_accelerator("no", cpu=True)
+    model = acc.prepare(torch.nn.Linear(2, 2))
+    assert acc._models
+    stage._release(acc)
+    assert acc._models == [] and stage._collect_pending  # no gc.collect at the end of the last fold
+    calls = []
+    monkeypatch.setattr("accelerate.utils.release_memory", lambda *a: calls.append(a))
+    stage._collect_last_fold()
+    stage._collect_last_fold()
+    assert calls == [()] and not stage._collect_pending and model is not None

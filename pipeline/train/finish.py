@@ -4,6 +4,7 @@ analysis, summary.json and, last, the DONE marker."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import pandas as pd
@@ -46,13 +47,32 @@ def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
     accelerator.wait_for_everyone()  # the main process has finished writing best.pt
     load_checkpoint(run.out / schema.RUN_BEST, accelerator, run.model)
     val_metrics, val_out = evaluate(run.model, run.loaders["val"], accelerator, run.channels_last)
-    preds = {"oof": (run.rows["val"], val_out)}
-    for manifest in ("test", schema.NONLANDMARK):
-        if manifest in run.loaders:
-            preds[manifest] = (run.rows[manifest], predict(run.model, run.loaders[manifest], accelerator,
-                                                           run.channels_last))  # fmt: skip
+    # the per-class figures (matplotlib, ~1 s) are drawn while the model predicts the test rows
+    figures = _in_background(_analysis, run, val_out) if accelerator.is_main_process else None
+    try:
+        preds = {"oof": (run.rows["val"], val_out)}
+        for manifest in ("test", schema.NONLANDMARK):
+            if manifest in run.loaders:
+                preds[manifest] = (run.rows[manifest], predict(run.model, run.loaders[manifest], accelerator,
+                                                               run.channels_last))  # fmt: skip
+        summary = _summary(run, state, accelerator, val_metrics)
+        if accelerator.is_main_process:
+            sha = weights_sha(run.out / schema.RUN_BEST)  # best.pt is final here: it was just loaded
+            for manifest, (rows, out) in preds.items():
+                _save_predictions(run, manifest, rows.reset_index(drop=True), out, sha)
+    finally:
+        if figures is not None:
+            figures.join()  # no thread left writing into the run folder, also after an error
+    if accelerator.is_main_process:
+        write_json(run.out / schema.RUN_SUMMARY, summary)
+        mark_done(run.out)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _summary(run: Run, state: RunState, accelerator: Accelerator, val_metrics: dict) -> dict:
     seconds = [r["seconds"] for r in state.history]
-    summary = {
+    return {
         "model": run.model_name,
         "fold": run.fold,
         "best_epoch": state.best["epoch"],
@@ -69,15 +89,13 @@ def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
         "processes": accelerator.num_processes,
         **run.info,
     }
-    if accelerator.is_main_process:
-        sha = weights_sha(run.out / schema.RUN_BEST)  # best.pt is final here: it was just loaded
-        for manifest, (rows, out) in preds.items():
-            _save_predictions(run, manifest, rows.reset_index(drop=True), out, sha)
-        _analysis(run, val_out)
-        write_json(run.out / schema.RUN_SUMMARY, summary)
-        mark_done(run.out)
-    accelerator.wait_for_everyone()
-    return summary
+
+
+def _in_background(fn, *args) -> threading.Thread:
+    """``fn(*args)`` in a thread (the caller joins it): for work that never raises (``_analysis``)."""
+    thread = threading.Thread(target=fn, args=args, name="run-figures", daemon=True)
+    thread.start()
+    return thread
 
 
 def _analysis(run: Run, val_out: dict) -> None:
@@ -89,5 +107,5 @@ def _analysis(run: Run, val_out: dict) -> None:
     order = np.argsort(val_out["index"], kind="stable")
     try:
         write_run_analysis(run.out, val_out["probs"][order], val_out["labels"][order], run.label_map)
-    except Exception as e:  # noqa: BLE001 - figures are a report, the predictions are written already
+    except Exception as e:  # noqa: BLE001 - figures are a report, never a reason to lose the run
         log.warning("%s: per-class analysis not written (%s)", run.out, e)
