@@ -152,11 +152,18 @@ class TrainConfig:
     cpu: bool = opt(False, help="force the CPU even with a GPU")
     seed: int = opt(0, help="seed of weights, shuffling and augmentation")
     limit_train_batches: int | None = opt(None, help="cut epochs short (smoke tests)")
+    compile: bool = opt(
+        False, recipe=False, help="torch.compile the model in place (GPUs: faster steps after a warm-up)"
+    )
+    grad_checkpointing: bool = opt(
+        False, recipe=False, help="recompute activations in the backward (timm models): less memory, ~30% slower"
+    )
     pred_topk: int = opt(
         0,
         ge=0,
         recipe=False,
-        help="classes kept per row in prediction files: 0 = all up to 1000 classes (dense), else the 20 best; k > 0: that many (pipeline/scores.py)",
+        help="classes kept per row in prediction files: 0 = all up to 1000 classes, else the 20 best; "
+        "k > 0: that many (pipeline/scores.py)",
     )
     resume: bool = opt(True, help="continue from last.pt when present", recipe=False)
     progress: bool = opt(True, help="progress bars (only when the output is a terminal)", recipe=False)

@@ -133,7 +133,8 @@ class PredictConfig:
     pred_topk: int = opt(
         0,
         ge=0,
-        help="classes kept per row in prediction files: 0 = all up to 1000 classes (dense), else the 20 best; k > 0: that many (pipeline/scores.py)",
+        help="classes kept per row in prediction files: 0 = all up to 1000 classes, else the 20 best; "
+        "k > 0: that many (pipeline/scores.py)",
     )
     probs_dtype: str = opt(
         "float16", help="stored probabilities (float16: half the disk)", choices=("float16", "float32")

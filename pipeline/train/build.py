@@ -198,7 +198,17 @@ def _build_network(cfg: TrainConfig, model_name: str, counts: list[int], channel
                     "starts from random weights", model_name)  # fmt: skip
     if cfg.bn_mode == "frozen":
         freeze_batchnorm(model, head)
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model, model_name)
     return model, head, info
+
+
+def set_grad_checkpointing(model: torch.nn.Module, name: str) -> None:
+    """Turn on timm's gradient checkpointing in the (backbone of the) model; one line where none has it."""
+    found = [m for m in model.modules() if hasattr(m, "set_grad_checkpointing")]
+    if not found:
+        raise ConfigError(f"train: grad_checkpointing=true: '{name}' has no set_grad_checkpointing (timm models do)")
+    found[0].set_grad_checkpointing(True)
 
 
 def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerator: Accelerator, ident: dict) -> Run:
@@ -218,6 +228,8 @@ def build_run(cfg: TrainConfig, model_name: str, fold: int, out: Path, accelerat
     eval_names = [s for s in ("test", schema.NONLANDMARK) if s in rows]
     eval_loaders = [build_eval_loader(data_dir, rows[s], cfg) for s in eval_names]
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *eval_loaders)
+    if cfg.compile:  # in place: the state dict keeps its keys (no _orig_mod.), checkpoints stay plain
+        model.compile()
     run = Run(cfg, model_name, fold, out, ident, label_map, rows, model, None, None, dict(zip(eval_names, prepared)),
               channels_last, info, freeze, stage=-1)  # fmt: skip
     _build_inputs(run, 0, accelerator)
@@ -263,6 +275,8 @@ def resume_state(run: Run, accelerator: Accelerator) -> RunState:
         if "ema" not in state:
             raise PipelineError(f"{path} has no EMA weights: it was written without ema=true")
         run.parts.ema.module.load_state_dict(state["ema"])
+    if accelerator.scaler is not None and "scaler" in state:  # fp16: the loss scale goes on where it was
+        accelerator.scaler.load_state_dict(state["scaler"])
     best = state["best"]
     if "value" not in best:  # checkpoints written before checkpoint_metric existed
         best = {"epoch": best["epoch"], "value": best.get("val_top1")}

@@ -197,6 +197,8 @@ def _hand_over_epoch_files(run: Run, state: RunState, is_best: bool, accelerator
         files.append((out / schema.RUN_BEST, checkpoint_state(_weights(run, accelerator), **extra)))
     if run.parts.ema is not None:
         extra["ema"] = run.parts.ema.module.state_dict()
+    if accelerator.scaler is not None:  # fp16's GradScaler: its loss scale, so a resume is exact
+        extra["scaler"] = accelerator.scaler.state_dict()
     weights = accelerator.unwrap_model(run.model).state_dict()
     files.append((out / schema.RUN_LAST, checkpoint_state(weights, run.parts.optimizer, run.parts.schedule, **extra)))
     row["seconds_outside"] = round(time.time() - t1, 3)  # what the epoch files cost the loop
