@@ -99,3 +99,13 @@ def test_knn_votes_and_fusion_as_topk_equal_the_dense_ones():
         dense_f = fuse(p, dense_s, alpha, beta)
         sparse_f = fuse(topk(p, c), sparse_s, alpha, beta)
         np.testing.assert_allclose(sparse_f.dense(), dense_f, atol=1e-6)
+
+
+def test_the_class_penalty_from_topk_pool_predictions_equals_the_dense_one():
+    from pipeline.ensemble.postprocess import class_penalty
+
+    rng = np.random.default_rng(5)
+    pool = _probs(rng, 80, 25)
+    np.testing.assert_allclose(class_penalty(topk(pool, 25)), class_penalty(pool), atol=1e-6)
+    sparse = class_penalty(topk(pool, 4))  # classes outside each row's 4 best count 0
+    np.testing.assert_allclose(sparse, class_penalty(topk(pool, 4).dense()), atol=1e-6)

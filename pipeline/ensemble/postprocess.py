@@ -37,13 +37,23 @@ import numpy as np
 from common.errors import DataError, PipelineError
 from common.schema import NON_LANDMARK, OTHER_LANDMARK, UNLABELLED
 from pipeline.metrics import NO_ANSWER, gap
+from pipeline.scores import TopK
 
 STRENGTHS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the penalty strengths tried by tuning
 LANDMARK_POWER = 16.0  # landmark-ness a in [0, 1] raises the similarity to the power 16 * a
 
 
 def class_penalty(pool_probs: np.ndarray) -> np.ndarray:
-    """``r_c`` in [0, 1]: the mean probability of class ``c`` on non-landmark images over its max."""
+    """``r_c`` in [0, 1]: the mean probability of class ``c`` on non-landmark images over its max
+    (top-k scores: a class outside a row's candidates counts 0 there)."""
+    if isinstance(pool_probs, TopK):
+        if len(pool_probs) == 0:
+            raise ValueError("class_penalty: need a non-empty (N, C) array, got 0 rows")
+        ok = pool_probs.idx >= 0
+        r = np.bincount(pool_probs.idx[ok], weights=pool_probs.val[ok].astype(np.float64),
+                        minlength=pool_probs.num_classes) / len(pool_probs)  # fmt: skip
+        top = r.max()
+        return r / top if top > 0 else r
     pool_probs = np.asarray(pool_probs)
     if pool_probs.ndim != 2 or len(pool_probs) == 0:
         raise ValueError(f"class_penalty: need a non-empty (N, C) array, got shape {pool_probs.shape}")
