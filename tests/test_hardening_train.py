@@ -200,8 +200,9 @@ def test_threads_and_workers_are_recorded_and_a_changed_resume_warns(own_data, t
 def test_train_log_holds_what_the_console_showed(own_data, tmp_path):
     fit(_cfg(own_data, tmp_path, epochs=2), "simple_cnn", 0)
     text = (schema.run_dir(tmp_path / "runs", "t", "simple_cnn", 0) / schema.RUN_LOG).read_text()
-    assert "simple_cnn/fold0 epoch 2/2: train_loss" in text
-    assert "simple_cnn fold 0: epoch 2/2, elapsed" in text and "ETA" in text
+    (line,) = [ln for ln in text.splitlines() if "simple_cnn/fold0 epoch 2/2: train_loss" in ln]
+    assert "; elapsed" in line and "ETA" in line  # one line per epoch: scores, then the run's ETA
+    assert "epoch 2/2, elapsed" not in text  # no second line for the same epoch
     assert "\r" not in text and "it/s" not in text  # no progress-bar fragments
 
 

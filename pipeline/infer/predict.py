@@ -104,7 +104,7 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
                 meta = prediction_meta(info, job.manifest, tta, current, accelerator, experiment=cfg.experiment)
                 save_predictions(path, job.rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype,
                                  cfg.pred_topk)  # fmt: skip
-                log.info("%s: %s (%d rows)", info.tag, path.name, len(job.rows))
+                log.debug("%s: %s (%d rows)", info.tag, path.name, len(job.rows))  # main() prints each file once
             written.append(path)
         accelerator.wait_for_everyone()
     return written

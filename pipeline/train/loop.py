@@ -177,9 +177,7 @@ def _one_epoch(run: Run, state: RunState, epoch: int, accelerator: Accelerator, 
     state.epoch = epoch + 1
     if accelerator.is_main_process:
         _hand_over_epoch_files(run, state, is_best, accelerator, writer, row)
-    _log_epoch(run, row)
-    if progress is not None:
-        log.info(progress.line(run, epoch + 1))
+    _log_epoch(run, row, progress.eta(run) if progress is not None else "")
     if cfg.log_with != "none":
         accelerator.log({f"{run.tag}/{k}": v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
     accelerator.wait_for_everyone()
@@ -207,10 +205,11 @@ def _hand_over_epoch_files(run: Run, state: RunState, is_best: bool, accelerator
                   state.best["epoch"])  # fmt: skip
 
 
-def _log_epoch(run: Run, row: dict) -> None:
+def _log_epoch(run: Run, row: dict, eta: str = "") -> None:
+    """One line per epoch: the scores, then the whole run's elapsed time and ETA."""
     log.info(
-        "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)",
+        "%s epoch %d/%d: train_loss %.3f val_loss %.3f top1 %.3f top5 %.3f gap %.3f lr %.2e (%.1fs)%s",
         run.tag, row["epoch"], run.cfg.epochs, row["train_loss"], row["val_loss"],
         row.get("val_top1", float("nan")), row.get("val_top5", float("nan")), row.get("val_gap", float("nan")),
-        row["lr"], row["seconds"],
+        row["lr"], row["seconds"], f"; {eta}" if eta else "",
     )  # fmt: skip

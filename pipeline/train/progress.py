@@ -35,6 +35,11 @@ class Progress:
         self.last = time.time()
 
     def line(self, run: Run, epoch: int) -> str:
+        fold = "holdout" if run.fold < 0 else f"fold {run.fold}"
+        return f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, " + self.eta(run)
+
+    def eta(self, run: Run) -> str:
+        """``elapsed .., ETA .. for the whole run (done/total epochs)``; call once per finished epoch."""
         now = time.time()
         self.seconds.setdefault(run.model_name, []).append(now - self.last)
         self.last = now
@@ -43,10 +48,8 @@ class Progress:
         mean = sum(rates.values()) / len(rates)
         eta = sum(n * rates.get(m, mean) for m, n in self.left.items())
         untimed = [m for m, n in self.left.items() if n and m and m not in rates]
-        fold = "holdout" if run.fold < 0 else f"fold {run.fold}"
         return (
-            f"{run.model_name} {fold}: epoch {epoch}/{run.cfg.epochs}, elapsed {_hms(now - self.start)}, "
-            f"ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs"
+            f"elapsed {_hms(now - self.start)}, ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs"
             + (f"; not timed yet, priced at the mean speed so far: {', '.join(untimed)})" if untimed else ")")
         )
 
