@@ -74,9 +74,17 @@ def fold_file(folds_dir: str | Path, dataset: str, k: int, seed: int) -> Path:
     return Path(folds_dir) / f"{dataset}_k{k}_s{seed}.csv"
 
 
+def model_dir(runs_root: str | Path, experiment: str, model: str) -> Path:
+    """A model's folder of an experiment. ``timm:<name>`` becomes ``timm-<name>`` (a colon is invalid
+    on Windows and awkward in shells and make); a folder of an older run with the colon is kept."""
+    exp = Path(runs_root) / experiment
+    safe = exp / model.replace(":", "-")
+    return exp / model if ":" in model and not safe.exists() and (exp / model).exists() else safe
+
+
 def run_dir(runs_root: str | Path, experiment: str, model: str, fold: int) -> Path:
     tag = "holdout" if fold < 0 else f"fold{fold}"
-    return Path(runs_root) / experiment / model / tag
+    return model_dir(runs_root, experiment, model) / tag
 
 
 def _read_csv(path: Path, columns: list[str], what: str, int_columns: tuple[str, ...] = ()) -> pd.DataFrame:

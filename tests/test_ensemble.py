@@ -344,3 +344,18 @@ def test_models_without_common_oof_ids(root, caplog):
     assert ("ensemble", "test") in set(zip(rows["model"], rows["fold"]))
     with pytest.raises(DataError, match="nothing to fit on"):
         run_ensemble(config(root, method="weighted", fit_weights=True))
+
+
+def test_timm_model_folders_have_no_colon_and_old_ones_still_load(tmp_path):
+    """timm:<name> runs live in timm-<name>/ (no colon: Windows, shells, make); a run folder of an
+    older version with the colon is still found under the model's name."""
+    from common import schema as sch
+    from pipeline.runs.scan import scan
+
+    new = sch.run_dir(tmp_path, "exp", "timm:efficientnet_b0", 0)
+    assert new.parent.name == "timm-efficientnet_b0" and ":" not in str(new.relative_to(tmp_path))
+    old = tmp_path / "exp" / "timm:convnext_atto" / "fold0"
+    old.mkdir(parents=True)
+    (old / sch.RUN_DONE).write_text("ok\n")
+    assert sch.run_dir(tmp_path, "exp", "timm:convnext_atto", 0) == old
+    assert scan(tmp_path, "exp", ["timm:convnext_atto"]).finished == {"timm:convnext_atto": [old]}

@@ -122,7 +122,7 @@ def scan(
         raise DataError(f"no runs of experiment '{experiment}' in {runs_root} (train first: {root} not found)")
     out = Scan(root)
     for name in list(models) if models else model_folders(runs_root, experiment):
-        dirs = run_dirs(root / name)
+        dirs = run_dirs(schema.model_dir(runs_root, experiment, name))
         if folds:
             dirs = [d for d in dirs if fold_of(d) in set(folds)]
         done = [d for d in dirs if is_done(d)]
