@@ -39,6 +39,13 @@ def write_config(tmp: Path, prep: dict, train: dict, name: str = "exp.yaml") -> 
     return path
 
 
+def one_epoch_config(tmp: Path, tiny_data: dict) -> Path:
+    """simple_cnn, fold 0, one epoch on the session's tiny data set (the several-process tests)."""
+    train = {"models": ["simple_cnn"], "folds": [0], "epochs": 1, "data_root": str(tiny_data["data_root"]),
+             "folds_dir": str(tiny_data["folds_dir"])}  # fmt: skip
+    return write_config(tmp, {**TINY_PREP}, train)
+
+
 def pipeline_all(tmp: Path, cfg: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """prep -> folds -> train -> ensemble; returns (leaderboard per model, per (model, fold))."""
     run(["data_prep", "prep", "--config", str(cfg)], tmp)
@@ -128,17 +135,7 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
 @needs_torchrun
 def test_two_process_ddp_on_cpu(tmp_path, tiny_data):
     """Two gloo ranks: same loop, predictions gathered without duplicates."""
-    cfg = write_config(
-        tmp_path,
-        {**TINY_PREP},
-        {
-            "models": ["simple_cnn"],
-            "folds": [0],
-            "epochs": 1,
-            "data_root": str(tiny_data["data_root"]),
-            "folds_dir": str(tiny_data["folds_dir"]),
-        },
-    )
+    cfg = one_epoch_config(tmp_path, tiny_data)
     torchrun2(["-m", "pipeline", "train", "--config", str(cfg)], tmp_path)
     run_dir = tmp_path / "runs" / "smoke" / "simple_cnn" / "fold0"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["processes"] == 2

@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import TINY_PREP
 from tests.ddp import ENV, TORCHRUN, needs_torchrun
-from tests.test_e2e import write_config
+from tests.test_e2e import one_epoch_config
 
 
 def _free_port() -> int:
@@ -27,17 +26,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 @needs_torchrun
 def test_two_nodes_write_once_and_predict_every_oof_row_once(tmp_path, tiny_data):
-    cfg = write_config(
-        tmp_path,
-        {**TINY_PREP},
-        {
-            "models": ["simple_cnn"],
-            "folds": [0],
-            "epochs": 1,
-            "data_root": str(tiny_data["data_root"]),
-            "folds_dir": str(tiny_data["folds_dir"]),
-        },
-    )
+    cfg = one_epoch_config(tmp_path, tiny_data)
     port = _free_port()
     env = {**ENV, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "LOGLEVEL": "INFO"}
     procs = [

@@ -138,11 +138,16 @@ def tune_strength(
     pred: np.ndarray, conf: np.ndarray, labels: np.ndarray, penalty: np.ndarray, strengths: np.ndarray = STRENGTHS
 ) -> tuple[float, float]:
     """The penalty strength with the best GAP on ``labels`` (ties: the weakest), and that GAP."""
+    return _weakest_best(lambda a: PostProcess(a, penalty)(pred, conf), pred, conf, labels, strengths)
+
+
+def _weakest_best(apply, pred: np.ndarray, conf: np.ndarray, labels: np.ndarray, strengths) -> tuple[float, float]:
+    """The strength ``a`` whose ``apply(a) -> (pred, conf)`` has the best GAP (ties: the weakest; 0 = off)."""
     best_a, best = 0.0, gap(pred, conf, labels)
     for a in strengths:
         if a == 0:
             continue
-        g = gap(*PostProcess(float(a), penalty)(pred, conf), labels)
+        g = gap(*apply(float(a)), labels)
         if g > best + 1e-12:
             best_a, best = float(a), g
     return best_a, best
@@ -224,14 +229,7 @@ def tune_landmark(
     pred: np.ndarray, conf: np.ndarray, labels: np.ndarray, sim: np.ndarray, strengths: np.ndarray = STRENGTHS
 ) -> tuple[float, float]:
     """The landmark-ness ``a`` with the best GAP on ``labels`` (ties: the weakest), and that GAP."""
-    best_a, best = 0.0, gap(pred, conf, labels)
-    for a in strengths:
-        if a == 0:
-            continue
-        g = gap(*PostProcess(landmark=float(a))(pred, conf, sim), labels)
-        if g > best + 1e-12:
-            best_a, best = float(a), g
-    return best_a, best
+    return _weakest_best(lambda a: PostProcess(landmark=a)(pred, conf, sim), pred, conf, labels, strengths)
 
 
 def fit_landmark(
