@@ -152,3 +152,31 @@ def test_a_fold_releases_its_references_and_the_next_one_collects(monkeypatch):
     stage._collect_last_fold()
     stage._collect_last_fold()
     assert calls == [()] and not stage._collect_pending and model is not None
+
+
+def test_optimizer_step_equals_accelerates_wrapper_also_while_accumulating():
+    from pipeline.runtime import new_accelerator
+    from pipeline.train.engine import _optimizer_step
+
+    acc = new_accelerator("no", cpu=True)
+    acc.gradient_accumulation_steps = 2
+    weights = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        model, opt = acc.prepare(model, torch.optim.Adam(model.parameters(), lr=0.1))
+        x = torch.randn(5, 8, 4)
+        seen = []
+        for step in range(5):
+            with acc.accumulate(model):
+                acc.backward(model(x[step]).square().mean())
+                seen.append(acc.sync_gradients)
+                if fast:
+                    _optimizer_step(opt, acc)
+                else:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+        weights.append([p.detach().clone() for p in model.parameters()])
+        acc.free_memory()
+    assert seen == [False, True, False, True, False]  # an odd step left accumulating
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm import tqdm
 
 from common.errors import PipelineError
@@ -102,13 +103,33 @@ def _step(model, batch: dict, parts: StepParts, accelerator: Accelerator, channe
         accelerator.backward(loss)
         if accelerator.sync_gradients and parts.clip_grad:
             accelerator.clip_grad_norm_(model.parameters(), parts.clip_grad)
-        parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
+        _optimizer_step(parts.optimizer, accelerator)
     if accelerator.sync_gradients:
         parts.schedule.after_step()
         if parts.ema is not None:
             parts.ema.update(accelerator.unwrap_model(model), step=parts.schedule.steps)
     return loss.detach(), len(x)
+
+
+def _optimizer_step(optimizer, accelerator: Accelerator) -> None:
+    """``optimizer.step(); optimizer.zero_grad(set_to_none=True)`` as accelerate's wrapper does them.
+
+    Without a gradient scaler (fp16), XLA or a LOMO optimizer its wrapper only skips both while
+    gradients accumulate, but looks for the ``lomo_optim`` package twice and inspects
+    ``zero_grad``'s signature on every step: ~2.5% of a small model's step (py-spy)."""
+    inner = getattr(optimizer, "optimizer", None)
+    plain = (
+        inner is not None
+        and getattr(optimizer, "scaler", None) is None
+        and accelerator.distributed_type != DistributedType.XLA
+        and not type(inner).__module__.startswith("lomo_optim")
+    )
+    if not plain:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    elif accelerator.sync_gradients:
+        inner.step()
+        inner.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -76,6 +76,14 @@ def _plot_curves(hist: pd.DataFrame, path: Path, title: str, best_epoch: int) ->
     return plot_curves(hist, path, title, best_epoch=best_epoch)
 
 
+def _import_matplotlib() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        pass
+
+
 class BackgroundWriter:
     """One background thread writing the epoch files in order; errors come back on ``flush``.
 
@@ -98,6 +106,7 @@ class BackgroundWriter:
         self.pending: list = []
         self.figure: Callable | None = None  # the newest figure not drawn yet
         self.next_figure = time.monotonic() + self.min_gap
+        self.warm = False  # matplotlib imported (~1-1.5 s of one core)
         return self
 
     def submit(self, fn, *args) -> None:
@@ -110,6 +119,9 @@ class BackgroundWriter:
             self.figure = figure
             if time.monotonic() >= self.next_figure:
                 self._draw()
+            elif not self.warm:
+                _import_matplotlib()  # now, while training runs: not on the way to the run's end
+            self.warm = True
 
     def _draw(self) -> None:
         figure, self.figure = self.figure, None
