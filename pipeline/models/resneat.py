@@ -31,8 +31,15 @@ Choices where the report is ambiguous (each checked in ``tests/test_models_zoo1.
   timm's ``ResNet`` with this block, so ``small_input=True`` uses the same CIFAR stem (3x3/1
   conv, no max-pool) as the other ResNets.
 
-Cost: the attention adds ``2 * ch^2 * s`` MACs per block (about 0.2 GMACs per block at 224 px,
-~3.3 G for the 16 blocks), which is why ResNeAt has fewer parameters but more MACs.
+Cost: written as above, the attention adds ``ch^2 * s`` MACs per block for ``Q K^T`` (about
+0.2 GMACs per block at 224 px, ~3.3 G for the 16 blocks): 6.10 GMACs for the net against
+ResNeXt-50's 4.23, with fewer parameters. The unit computes the same function in a cheaper order
+(see :class:`AttentionUnit`): where ``s`` is large against ``ch`` (stages 1-3 at 224 px) the logits
+come from the Gram matrix of the unit's input, ``Wq (X X^T) Wk^T`` (~4x fewer MACs), so the
+project's MAC counter, which counts the ops that run, gives 4.13 GMACs at 224 px. The logits are
+formed and consumed in cache-sized blocks with a hand-written backward (the eager version's
+passes over whole (B, ch, ch) tensors cost more than its matmuls). ``_reference_scale`` keeps the
+formula op by op; ``tests/test_resneat_fused.py`` holds the fused path to it.
 """
 
 from __future__ import annotations
