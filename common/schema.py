@@ -191,11 +191,12 @@ def label_map_sha(label_map: pd.DataFrame) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def prep_fingerprint(data_dir: str | Path) -> str | None:
-    """The fingerprint of the prep that wrote ``data_dir`` (``prep_report.json``), None if absent."""
+def prep_fingerprint(data_dir: str | Path, key: str = "fingerprint") -> str | None:
+    """The (training) fingerprint of the prep that wrote ``data_dir`` (``prep_report.json``), None
+    if absent; ``key="test_fingerprint"``: the identity of its competition test set."""
     import json
 
     try:
-        return json.loads((Path(data_dir) / PREP_REPORT).read_text()).get("fingerprint")
+        return json.loads((Path(data_dir) / PREP_REPORT).read_text()).get(key)
     except (OSError, ValueError):
         return None

@@ -269,9 +269,22 @@ class ExtraSets:
     nonlandmark: pd.DataFrame | None = None  # id, src
 
     def signature(self) -> str:
-        """Identity for the prep fingerprint: ids, files' relative paths and sizes, the solution's
-        bytes; never the folders' own paths or the files' mtimes (a symlink, a new mount or a copy
-        is the same set; the image cache itself checks each file's mtime and content sample)."""
+        """Identity of the non-landmark pool for the (training) prep fingerprint: ids, files'
+        relative paths and sizes; never the folders' own paths or the files' mtimes (a symlink, a
+        new mount or a copy is the same set; the image cache itself checks each file's mtime and
+        content sample). The pool shapes the internal test split, so it is part of training."""
+        h = hashlib.sha1()
+        if self.nonlandmark is not None:
+            h.update(b"nonlandmark\n")
+            h.update("\n".join(self.nonlandmark["id"]).encode())
+            h.update(files_signature(self.nonlandmark["src"], self.nonlandmark_root, mtimes=False).encode())
+        return h.hexdigest()[:16]
+
+    def test_signature(self) -> str | None:
+        """Identity of the competition test set (ids, files, layout, solution) apart from training's:
+        a test set added or replaced after training leaves every run valid; None without one."""
+        if self.competition is None and self.solution_path is None:
+            return None
         h = hashlib.sha1()
         if self.competition is not None:
             h.update(f"competition {self.test_format}\n".encode())
@@ -280,10 +293,6 @@ class ExtraSets:
         if self.solution_path is not None:
             h.update(b"solution\n")
             h.update(hashlib.sha1(self.solution_path.read_bytes()).digest())
-        if self.nonlandmark is not None:
-            h.update(b"nonlandmark\n")
-            h.update("\n".join(self.nonlandmark["id"]).encode())
-            h.update(files_signature(self.nonlandmark["src"], self.nonlandmark_root, mtimes=False).encode())
         return h.hexdigest()[:16]
 
 

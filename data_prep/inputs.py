@@ -104,6 +104,8 @@ def read_source(cfg: PrepConfig) -> SourceTable:
 
 # config keys that say where things are (or how fast), not what the outputs hold
 WHERE_KEYS = ("workers", "data_root", "source_root", "test_root", "nonlandmark_root", "solution_csv")
+# the competition test set's keys: its own identity (``test_set``), never the training fingerprint's
+TEST_KEYS = ("test_format",)
 # keys added after preps were made: left out of the fingerprint at their default, so an existing
 # prep (and the runs that recorded its fingerprint) stays up to date
 LATER_KEYS = {"min_images": 0}
@@ -137,18 +139,28 @@ def prep_inputs(cfg: PrepConfig, table: SourceTable, extra: ExtraSets, selected:
         "config": {
             k: v
             for k, v in asdict(cfg).items()
-            if k not in WHERE_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
+            if k not in WHERE_KEYS + TEST_KEYS and not (k in LATER_KEYS and v == LATER_KEYS[k])
         },
         "source": table.identity or table.description,
         "rows": hashlib.sha1(rows).hexdigest()[:16],
         "images": images,
         "extra_sets": extra.signature(),
+        "test_set": extra.test_signature(),
     }
 
 
 def fingerprint(inputs: dict) -> str:
-    """The prep's identity (``prep_report.json``; runs and prediction files record it)."""
-    return hashlib.sha1(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The training identity of a prep (``prep_report.json``; runs and prediction files record it):
+    source, selection, splits, label map, cache format, the non-landmark pool. The competition
+    test set is left out (:func:`test_fingerprint`), so adding or replacing it after training
+    leaves every run valid."""
+    train = {k: v for k, v in inputs.items() if k != "test_set"}
+    return hashlib.sha1(json.dumps(train, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def test_fingerprint(inputs: dict) -> str | None:
+    """The competition test set's identity (None without one): its predictions record it."""
+    return inputs.get("test_set")
 
 
 def expected_outputs(out: Path, extra: ExtraSets) -> list[Path]:
@@ -168,11 +180,11 @@ def read_report(out: Path) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
-def is_up_to_date(out: Path, fingerprint: str, extra: ExtraSets | None = None) -> bool:
+def is_up_to_date(out: Path, fingerprint: str, extra: ExtraSets | None = None, test_fp: str | None = None) -> bool:
     report = read_report(out)
     if report is None or not all(p.is_file() for p in expected_outputs(out, extra or ExtraSets())):
         return False
-    return report.get("fingerprint") == fingerprint
+    return report.get("fingerprint") == fingerprint and report.get("test_fingerprint") == test_fp
 
 
 def rerun_reason(out: Path, inputs: dict, extra: ExtraSets | None = None) -> str:
@@ -200,7 +212,10 @@ def rerun_reason(out: Path, inputs: dict, extra: ExtraSets | None = None) -> str
     elif old.get("images") != inputs["images"] and not changed:
         reasons.append("the selected images changed (files' sizes)")
     if old.get("extra_sets") != inputs["extra_sets"]:
-        reasons.append("the competition test set or the non-landmark folder changed (ids, files' sizes, solution)")
+        reasons.append("the non-landmark folder changed (ids, files' sizes)")
+    if old.get("test_set") != inputs.get("test_set"):
+        reasons.append("the competition test set changed (ids, files' sizes, solution): runs stay valid, "
+                       "predict it again")  # fmt: skip
     return "; ".join(reasons) or "the fingerprint changed"
 
 

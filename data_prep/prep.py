@@ -7,11 +7,10 @@ are kept and the manifests, written last and atomically, are never half-written.
 The fingerprint and the image cache key on content (ids, labels, file sizes, the config's
 values; the cache also each source's mtime and a content sample), never on paths: the same raw
 data reached through a symlink, a new mount point or a copy is up to date. When prep does
-rerun, the log says why (which config key, the source's rows or images, the extra sets). One
-process at a time: the dataset folder is locked (:func:`common.lock.folder_lock`), and a full
-disk or an unwritable folder is one error line naming the file. An up-to-date rerun still
-checks the cached files (existence, size, header, end marker) and re-encodes damaged ones;
-``python -m data_prep verify`` decodes every one.
+rerun, the log says why. One process at a time (a folder lock); a full disk or an unwritable
+folder is one error line. An up-to-date rerun still checks the cached files and re-encodes
+damaged ones; ``python -m data_prep verify`` decodes every one. The competition test set has its
+own identity (``test_fingerprint``): adding or replacing it keeps the training fingerprint.
 
 Beside the labelled source (see :mod:`data_prep.competition`):
 
@@ -23,7 +22,6 @@ Beside the labelled source (see :mod:`data_prep.competition`):
   train/val (and the folds made over train) stay landmark-only.
 
 The synthetic default generates both (``<source_root>/competition``, ``<source_root>/nonlandmark``).
-
 What the outputs depend on (source, selection, fingerprint) is :mod:`data_prep.inputs`, shared
 with ``verify``; the report's checks and class-size histogram are :mod:`data_prep.report`.
 """
@@ -66,6 +64,7 @@ from data_prep.inputs import (
     rerun_reason,
     select_rows,
     sources_of,
+    test_fingerprint,
 )
 from data_prep.report import HISTOGRAM, check_counts, class_sizes, plot_histogram, reason_counts
 from data_prep.sources import SourceTable
@@ -114,8 +113,8 @@ def _run_prep(cfg: PrepConfig, out: Path, progress: bool) -> dict:
         raise DataError(f"prep: {table.description} has no usable rows (see {out / SKIPPED_READING})")
     after_top_k, selected = select_rows(cfg, table.rows)
     inputs = prep_inputs(cfg, table, extra, selected)
-    fp = fingerprint(inputs)
-    if is_up_to_date(out, fp, extra):
+    fp, test_fp = fingerprint(inputs), test_fingerprint(inputs)
+    if is_up_to_date(out, fp, extra, test_fp):
         log.info("%s is up to date (fingerprint %s): nothing to do", out, fp)
         _recheck_cache(cfg, out, table, extra, progress)
         return json.loads((out / schema.PREP_REPORT).read_text())
@@ -148,7 +147,8 @@ def _run_prep(cfg: PrepConfig, out: Path, progress: bool) -> dict:
     report["cache"] = cache.section(cache_meta)
     _write_outputs(cfg, out, extra, lm, manifests, report, progress)
     report.update(_summary(table.rows["landmark_id"], rows, lm, manifests))
-    report.update(histogram=HISTOGRAM, inputs=inputs, fingerprint=fp, seconds=round(time.time() - t0, 1))
+    report.update(histogram=HISTOGRAM, inputs=inputs, fingerprint=fp, test_fingerprint=test_fp,
+                  seconds=round(time.time() - t0, 1))  # fmt: skip
     check_counts(report)
     with naming(out / HISTOGRAM):
         plot_histogram(lm, out / HISTOGRAM, cfg.dataset)

@@ -281,7 +281,8 @@ def test_rerun_is_a_noop_and_a_changed_test_folder_reruns(tmp_path):
     rel = schema.read_manifest(out, schema.COMPETITION).set_index("id").loc[ids[2], "image"]
     Image.new("RGB", (30, 30), (255, 0, 0)).save(image_of(comp, ids[2]), "JPEG")
     changed = run_prep(cfg, progress=False)
-    assert changed["fingerprint"] != first["fingerprint"]
+    assert changed["test_fingerprint"] != first["test_fingerprint"]  # the test set has its own identity:
+    assert changed["fingerprint"] == first["fingerprint"]  # the training one (and every run) stays
     with Image.open(out / rel) as im:
         assert im.getpixel((8, 8))[0] > 200 and im.getpixel((8, 8))[1] < 60  # red now
     # one more test image: the manifest and order file grow
@@ -290,7 +291,7 @@ def test_rerun_is_a_noop_and_a_changed_test_folder_reruns(tmp_path):
     Image.new("RGB", (30, 30)).save(image_of(comp, new), "JPEG")
     write(comp / "sample_submission.csv", "id,landmarks\n" + "".join(f"{i},\n" for i in [*ids, new]))
     grown = run_prep(cfg, progress=False)
-    assert grown["competition"]["ids"] == 5 and grown["fingerprint"] != changed["fingerprint"]
+    assert grown["competition"]["ids"] == 5 and grown["test_fingerprint"] != changed["test_fingerprint"]
     # the test set dropped from the config: its old outputs go, nothing stale is left to trust
     run_prep(comp_cfg(tmp_path, test_root=None), progress=False)
     assert not (out / "competition.csv").exists() and not (out / schema.COMPETITION_ORDER).exists()
@@ -382,3 +383,24 @@ def test_bad_nonlandmark_and_solution_settings_are_clear(tmp_path):
     Image.new("RGB", (8, 8)).save(dup, "JPEG")
     with pytest.raises(DataError, match=f"id '{comp_id(1)}' is both a competition test image"):
         run_prep(comp_cfg(tmp_path, nonlandmark_root=str(tmp_path / "nl")), progress=False)
+
+
+def test_adding_the_test_set_after_training_keeps_every_run(tmp_path):
+    """A competitor trains first and gets the test set later (or a new one for the private stage):
+    prep with test_root then keeps the training fingerprint, a finished fold is skipped, not refused."""
+    import dataclasses
+
+    from pipeline.config import TrainConfig
+    from pipeline.train.stage import fit
+
+    cfg = comp_cfg(tmp_path, test_root=None)
+    first = run_prep(cfg, progress=False)
+    train = TrainConfig(dataset="c", data_root=str(tmp_path / "data"), folds_dir=str(tmp_path / "folds"),
+                        runs_root=str(tmp_path / "runs"), experiment="t", models=["simple_cnn"], folds=[-1],
+                        epochs=1, batch_size=8, img_size=32, progress=False)  # fmt: skip
+    fit(train, "simple_cnn", -1)
+    make_glr2020(tmp_path / "comp", n=4)
+    later = run_prep(comp_cfg(tmp_path), progress=False)
+    assert later["fingerprint"] == first["fingerprint"] and later["test_fingerprint"]
+    summary = fit(dataclasses.replace(train), "simple_cnn", -1)  # skipped as finished, not refused
+    assert summary["model"] == "simple_cnn"

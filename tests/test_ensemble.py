@@ -359,3 +359,23 @@ def test_timm_model_folders_have_no_colon_and_old_ones_still_load(tmp_path):
     (old / sch.RUN_DONE).write_text("ok\n")
     assert sch.run_dir(tmp_path, "exp", "timm:convnext_atto", 0) == old
     assert scan(tmp_path, "exp", ["timm:convnext_atto"]).finished == {"timm:convnext_atto": [old]}
+
+
+def test_competition_predictions_of_another_test_set_are_refused(tmp_path):
+    """The competition test set has its own identity: predictions of an older one are refused in one
+    line (the runs stay valid: only predict again)."""
+    import json
+
+    from common import schema as sch
+    from pipeline.ensemble.inputs import Checker
+    from tests.ensemble_helpers import FINGERPRINT, label_map, run_dir, write_data, write_pred
+
+    data = write_data(tmp_path)
+    (data / sch.PREP_REPORT).write_text(json.dumps({"fingerprint": FINGERPRINT, "test_fingerprint": "t-new"}))
+    d = run_dir(tmp_path, "m1", 0)
+    probs = np.full((2, 3), 1 / 3)
+    old = write_pred(d, sch.COMPETITION, ["aaa", "bbb"], probs, [-3, -3], test_fingerprint="t-old")
+    with pytest.raises(DataError, match="another competition test set .*rerun 'make predict'"):
+        Checker(data, label_map()).load(old, sch.COMPETITION)
+    same = write_pred(d, sch.COMPETITION, ["aaa", "bbb"], probs, [-3, -3], test_fingerprint="t-new")
+    assert len(Checker(data, label_map()).load(same, sch.COMPETITION)["ids"]) == 2

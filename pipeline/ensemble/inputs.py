@@ -92,6 +92,8 @@ class Checker:
         """Load a file (stored precision kept) and check it; ``manifest``: also its rows."""
         p = load_predictions(path, dtype=None)
         self.check(path, p)
+        if manifest == schema.COMPETITION:
+            self._same_test_set(path, p["meta"])
         if manifest is not None:
             self.same_rows(manifest, path, p["ids"], p["labels"])
         return p
@@ -150,6 +152,16 @@ class Checker:
                     "the current best.pt; 'make predict' rewrites it with the record (not warned again)",
                     path,
                 )
+
+    def _same_test_set(self, path: Path, meta: dict) -> None:
+        """Competition predictions of another test set than the one prepped now are refused (the
+        test set has its own identity: replacing it keeps the runs but not their predictions)."""
+        have, now = meta.get("test_fingerprint"), schema.prep_fingerprint(self.prep_report.parent, "test_fingerprint")
+        if have and now and have != now:
+            raise DataError(
+                f"{path}: predictions of another competition test set ({have}; {self.prep_report} says {now}): "
+                "the test set changed since: rerun 'make predict'"
+            )
 
     def _same_form(self, path: Path, probs) -> None:
         """Files of one ensemble are all dense or all top-k of one k (a mix would rank unlike)."""

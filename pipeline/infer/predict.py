@@ -79,6 +79,7 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
     data_dir = cfg.data_dir
     label_map = schema.read_label_map(data_dir)
     current = read_prep_identity(data_dir)
+    test_fp = schema.prep_fingerprint(data_dir, "test_fingerprint")  # recorded in competition predictions
     manifests = resolve_manifests(cfg, data_dir)
     runs = finished_runs(cfg.runs_root, cfg.experiment, cfg.models or None, cfg.folds or None)
     tta = TTA(cfg.tta_flip, tuple(cfg.tta_scales))
@@ -101,7 +102,8 @@ def run_predict(cfg: PredictConfig) -> list[Path]:
         for info, job, out in iter_predictions(infos, jobs, cfg, accelerator, tta):
             path = info.run_dir / schema.pred_file(job.manifest, tta.on)
             if accelerator.is_main_process:
-                meta = prediction_meta(info, job.manifest, tta, current, accelerator, experiment=cfg.experiment)
+                test = {"test_fingerprint": test_fp} if job.manifest == schema.COMPETITION else {}
+                meta = prediction_meta(info, job.manifest, tta, current, accelerator, experiment=cfg.experiment, **test)
                 save_predictions(path, job.rows["id"].to_numpy(), out["probs"], out["labels"], meta, cfg.probs_dtype,
                                  cfg.pred_topk)  # fmt: skip
                 log.debug("%s: %s (%d rows)", info.tag, path.name, len(job.rows))  # main() prints each file once
