@@ -152,6 +152,11 @@ class TrainConfig:
     cpu: bool = opt(False, help="force the CPU even with a GPU")
     seed: int = opt(0, help="seed of weights, shuffling and augmentation")
     limit_train_batches: int | None = opt(None, help="cut epochs short (smoke tests)")
+    keep_last: bool = opt(
+        True,
+        recipe=False,
+        help="keep last.pt after a fold finishes (false saves its size; more epochs then need a retrain)",
+    )
     compile: bool = opt(
         False, recipe=False, help="torch.compile the model in place (GPUs: faster steps after a warm-up)"
     )

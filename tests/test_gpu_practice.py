@@ -52,3 +52,17 @@ def test_grad_checkpointing_needs_a_model_that_has_it(tiny_data, tmp_path, one_t
         fit(tiny_train_config(tiny_data, tmp_path, epochs=1, grad_checkpointing=True), "simple_cnn", 0)
     fit(tiny_train_config(tiny_data, tmp_path, epochs=1, grad_checkpointing=True, img_size=32), "resnet18", 0)
     assert (schema.run_dir(tmp_path, "t", "resnet18", 0) / schema.RUN_DONE).is_file()
+
+
+def test_keep_last_false_drops_last_pt_and_more_epochs_say_retrain(tiny_data, tmp_path, one_thread):
+    """keep_last=false: a finished fold keeps best.pt (it predicts) but not last.pt (134 MB for a
+    ResNet-18 fold); asking it for more epochs is one line, not a resume from nothing."""
+    from common.errors import PipelineError
+
+    cfg = tiny_train_config(tiny_data, tmp_path, epochs=1, keep_last=False)
+    fit(cfg, "simple_cnn", 0)
+    out = schema.run_dir(tmp_path, "t", "simple_cnn", 0)
+    assert (out / schema.RUN_BEST).is_file() and not (out / schema.RUN_LAST).exists()
+    assert (out / schema.RUN_DONE).is_file()
+    with pytest.raises(PipelineError, match="finished without last.pt .* retrain from scratch"):
+        fit(dataclasses.replace(cfg, epochs=2), "simple_cnn", 0)

@@ -66,6 +66,8 @@ def finish_run(run: Run, state: RunState, accelerator: Accelerator) -> dict:
     if accelerator.is_main_process:
         write_json(run.out / schema.RUN_SUMMARY, summary)
         mark_done(run.out)
+        if not run.cfg.keep_last:  # best.pt predicts; last.pt (optimizer state) only continues training
+            (run.out / schema.RUN_LAST).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return summary
 

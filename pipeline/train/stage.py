@@ -24,7 +24,7 @@ import pandas as pd
 from accelerate import Accelerator
 
 from common import schema
-from common.errors import ConfigError
+from common.errors import ConfigError, PipelineError
 from common.io import cleanup_temp_files
 from pipeline.config import TrainConfig
 from pipeline.models import check_input_size, model_info
@@ -75,6 +75,9 @@ def fit(
                 log.info("%s: already finished, skipped (delete the folder to retrain)", out)
                 progress.skip(cfg.epochs, model_name)
                 return pd.read_json(out / schema.RUN_SUMMARY, typ="series").to_dict()
+            if not (out / schema.RUN_LAST).is_file():
+                raise PipelineError(f"{out}: finished without last.pt (keep_last=false): {cfg.epochs} epochs need a "
+                                    "retrain from scratch (delete the folder)")  # fmt: skip
             log.info("%s: finished after %s epochs, continuing to %d", out, saved and saved.get("epochs"), cfg.epochs)
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
