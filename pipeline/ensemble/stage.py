@@ -52,7 +52,7 @@ from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.frame import submission_frame
 from pipeline.ensemble.inputs import Preds, score_row
-from pipeline.ensemble.plan import TEST, Plan, make_plan
+from pipeline.ensemble.plan import TEST, Plan, final_answers, landmark_rows, make_plan
 from pipeline.metrics import gap, top1
 from pipeline.report.leaderboard import run_info, write_leaderboard
 from pipeline.runs.predfile import output_errors
@@ -128,8 +128,8 @@ def run_ensemble(cfg: EnsembleConfig) -> dict:
             if plan.oof is not None:
                 rows.append(_pp_row(f"ensemble{suffix}", "cv", plan.oof.labels, *pp(*top1(plan.oof.probs)), **facts))
             rows.append(_pp_row(f"ensemble{suffix}", "test", test[0].labels, *pp(pred, conf), **facts))
-        final = plan.final
-        frame = submission_frame(test[0].ids, *final(pred, conf), plan.label_map)
+        rows += landmark_rows(plan, TEST, test[0], "test")
+        frame = submission_frame(test[0].ids, *final_answers(plan, TEST, test[0]), plan.label_map)
         info = run_info(cfg.runs_root, cfg.experiment, names + list(plan.missing))
         for name, what in plan.missing.items():
             info.setdefault(name, {})["missing"] = what

@@ -43,8 +43,8 @@ from pipeline.config_stages import EnsembleConfig
 from pipeline.ensemble.blend import stream_ensemble
 from pipeline.ensemble.frame import submission_frame
 from pipeline.ensemble.inputs import Preds
-from pipeline.ensemble.plan import make_plan
-from pipeline.metrics import NO_ANSWER, gap, top1
+from pipeline.ensemble.plan import final_answers, make_plan
+from pipeline.metrics import NO_ANSWER, gap
 from pipeline.runs.predfile import output_errors
 from pipeline.runs.prep import read_json
 from pipeline.submit.validate import validate_submission
@@ -141,7 +141,7 @@ def check_coverage(comp: Preds, order: pd.DataFrame, data_dir: Path) -> None:
 def answer_frame(comp: Preds, order: pd.DataFrame, plan) -> pd.DataFrame:
     """``id,landmarks`` in the order file's order: the post-processed top-1 answer of every readable
     row, an empty cell for the unreadable ones."""
-    pred, conf = plan.final(*top1(comp.probs))
+    pred, conf = final_answers(plan, schema.COMPETITION, comp)  # landmark-ness, then post-processing
     pos = pd.Series(np.arange(len(comp.ids)), index=comp.ids).reindex(order["id"]).to_numpy()
     answerable = (order["status"] == OK).to_numpy() & ~np.isnan(pos)
     idx = np.where(answerable, pos, 0).astype(np.int64)
@@ -180,7 +180,7 @@ def run_submit(cfg: EnsembleConfig) -> dict:
             "scored": scored,
             "gap_note": note,
             "tuned_on_it": cfg.tune_on == "competition" and bool(plan.postprocess),
-            "postprocess": plan.final.describe(),
+            "postprocess": "; ".join(x.describe() for x in (plan.landmark, plan.final) if x and x.active) or "none",
             "weights": {m: round(float(w), 4) for m, w in plan.weights.items()},
             # what was read: <manifest>_tta.npz where a run has it with tta=true, _knn.npz with knn=true
             "inputs": {m: sorted({p.name for p in ps}) for m, ps in paths.items()},
