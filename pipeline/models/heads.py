@@ -342,8 +342,13 @@ def probe_features(model: nn.Module, features: FeatureFn, size: int) -> Probe:
             m.training = mode
     width = out.shape[1] if layout in ("nchw", "vector") else out.shape[-1]
     unused: list[str] = []
+    # a called module that uses its children's weights directly (F.conv2d(x, self.key.weight)),
+    # e.g. ResNeAt's fused attention, never calls them: they are in use all the same
+    functional = [
+        n for n, m in model.named_modules() if n and id(m) in called and getattr(m, "uses_child_weights", False)
+    ]
     for mod_name, mod in model.named_modules():
-        if not mod_name or any(mod_name.startswith(u + ".") for u in unused):
+        if not mod_name or any(mod_name.startswith(u + ".") for u in unused + functional):
             continue
         if id(mod) not in called and any(True for _ in mod.parameters()):
             inner = [id(m) for m in mod.modules()]

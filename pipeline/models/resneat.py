@@ -250,6 +250,8 @@ class AttentionUnit(nn.Module):
     as ``Wq (X X^T) Wk^T`` with the grouped weights applied group by group.
     """
 
+    uses_child_weights = True  # key/query/value weights are used directly (fused path): see heads.probe
+
     def __init__(
         self,
         in_chs: int,
