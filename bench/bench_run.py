@@ -15,7 +15,7 @@ and ``make folds DATASET=cifar10`` (data/cifar10, folds/cifar10_k5_s42.csv; fold
   epoch and best.pt when top-1 improves (atomic), then the best weights' test probabilities
   saved to test.npz.
 
-Each is a fresh process, paired A B A B ...; reported per run: wall seconds, seconds to the first
+Each is a fresh process, paired A B, B A, A B ...; reported per run: wall seconds, seconds to the first
 log line (start-up), seconds from the first epoch line to the last one, and after it (end), plus
 the ratio B/A per pair (the goal: >= 0.9) and the 1-minute load average.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,12 +60,17 @@ def timed(cmd: list[str], epochs: int) -> dict:
 
 
 def run_pair(tmp: Path, i: int, epochs: int) -> tuple[dict, dict]:
+    """A then B in even pairs, B then A in odd ones (A B B A ...): a load that rises or falls
+    during the benchmark favours neither side."""
     py = sys.executable
-    a = timed([py, "-m", "pipeline", "train", "--config", "configs/cifar10.yaml", "models=simple_cnn",
-               f"epochs={epochs}", f"runs_root={tmp / f'a{i}'}", "progress=false"], epochs)  # fmt: skip
+    pipeline = [py, "-m", "pipeline", "train", "--config", "configs/cifar10.yaml", "models=simple_cnn",
+                f"epochs={epochs}", f"runs_root={tmp / f'a{i}'}", "progress=false"]  # fmt: skip
     plain = [py, str(Path(__file__).resolve()), "--plain", "--epochs", str(epochs), "--out", str(tmp / f"b{i}")]
-    b = timed(plain, epochs)
-    return a, b
+    if i % 2:
+        b = timed(plain, epochs)
+        return timed(pipeline, epochs), b
+    a = timed(pipeline, epochs)
+    return a, timed(plain, epochs)
 
 
 def main() -> None:
@@ -94,8 +100,11 @@ def main() -> None:
             ratio = f"{r['ratio']:.2f}x" if name == "plain" else ""
             print(f"| {r['pair']} | {r['load']} | {name} | {t['wall']:.1f} | {t['start']:.1f} | "
                   f"{t['first_epoch'] - t['start']:.1f} | {t['epochs']:.1f} | {t['end']:.1f} | {ratio} |")  # fmt: skip
-    ratios = sorted(r["ratio"] for r in rows)
-    print(f"plain needs {ratios[0]:.2f}-{ratios[-1]:.2f}x the pipeline's time (median {ratios[len(ratios) // 2]:.2f})")
+    ratios = [r["ratio"] for r in rows]
+    total = sum(r["plain"]["wall"] for r in rows) / sum(r["pipeline"]["wall"] for r in rows)
+    median = statistics.median(ratios)
+    print(f"plain needs {min(ratios):.2f}-{max(ratios):.2f}x the pipeline's time (median {median:.2f}, "
+          f"all pairs' seconds {total:.2f})")  # fmt: skip
     print("RESULT " + json.dumps({"epochs": args.epochs, "pairs": rows}))
 
 

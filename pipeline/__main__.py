@@ -146,5 +146,27 @@ def main(argv: list[str] | None = None) -> int:
     return int(_load("pipeline.report.compare:main")(args.experiments, args.runs_root, args.out, args.metric) or 0)
 
 
+def exit_now(code: int) -> None:
+    """End the process without the interpreter's teardown: freeing every module of torch, its
+    compiler stack, pandas and matplotlib one object at a time takes 1-2 s after the work is done
+    (bench/bench_run.py). Everything a normal exit runs for us still runs first: the logging
+    handlers' flush, the ``atexit`` functions (trackers, temporary files), stdout/stderr. With a
+    non-daemon thread still alive, or without ``atexit._run_exitfuncs``, it exits normally."""
+    import atexit
+    import contextlib
+    import logging
+    import threading
+
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if others or not hasattr(atexit, "_run_exitfuncs"):
+        sys.exit(code)
+    logging.shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_now(run_main(main))

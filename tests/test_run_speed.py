@@ -4,6 +4,8 @@ figure drawn within a time budget instead of after every epoch."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -180,3 +182,38 @@ def test_optimizer_step_equals_accelerates_wrapper_also_while_accumulating():
         acc.free_memory()
     assert seen == [False, True, False, True, False]  # an odd step left accumulating
     assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+
+
+def test_exit_now_keeps_the_exit_code_output_and_atexit_functions():
+    r = _python(
+        "import atexit, logging, sys\n"
+        "from pipeline.__main__ import exit_now\n"
+        "atexit.register(lambda: print('atexit ran'))\n"
+        "logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged')\n"
+        "print('out')  # block-buffered into the pipe: flushed before the process ends\n"
+        "exit_now(3)\n"
+        "print('never')\n"
+    )
+    assert r.returncode == 3 and r.stdout == "out\natexit ran\n" and "logged" in r.stderr
+
+
+def test_exit_now_waits_for_a_running_thread_as_a_normal_exit_does():
+    r = _python(
+        "import threading, time\n"
+        "from pipeline.__main__ import exit_now\n"
+        "threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
+        "exit_now(0)\n"
+    )
+    assert r.returncode == 0 and r.stdout == "thread done\n"
+
+
+def test_the_cli_still_exits_2_with_one_error_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pipeline", "train", "--config", "configs/cifar10.yaml",
+                        f"data_root={tmp_path}", f"runs_root={tmp_path}"], capture_output=True, text=True,
+                       timeout=300, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "Traceback" not in r.stderr
