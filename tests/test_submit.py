@@ -69,6 +69,8 @@ def test_labelled_competition_set_gets_its_gap(tmp_path, capsys):
     # ranked: c0 .9 right (P 1/1), c5 .8 right (P 2/2), c1 .7 wrong, c3 .5 right (P 3/4), c4 .4 wrong;
     # M = 4 landmark rows (c4 is a non-landmark, c2 unreadable has no label)
     assert r["gap"] == pytest.approx((1 + 1 + 3 / 4) / 4) and r["scored"] == 5
+    figure = r["submission"].with_name(r["submission"].stem + "_answers.png")  # what drives that GAP
+    assert figure.is_file() and figure.stat().st_size > 5000
     main(config(root))
     assert "GAP 0.6875 over the 5 labelled rows" in capsys.readouterr().out
 

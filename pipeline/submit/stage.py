@@ -186,8 +186,22 @@ def run_submit(cfg: EnsembleConfig) -> dict:
             "inputs": {m: sorted({p.name for p in ps}) for m, ps in paths.items()},
         }
         write_json(out.with_suffix(".json"), _record(cfg, plan, result))
+    _answers_figure(out, frame, labels if labelled else None, plan, score)
     log.info("wrote %s (%d rows, %d empty)", out, stats["rows"], stats["empty"])
     return result
+
+
+def _answers_figure(out: Path, frame: pd.DataFrame, labels, plan, score) -> None:
+    """``<name>_answers.png``: confidences of landmarks vs non-landmarks and answers per class
+    (best effort: a figure never fails a submission)."""
+    from pipeline.report.plots_answers import plot_answers
+
+    gap_text = f"competition GAP {score:.4f}" if score is not None else "unlabelled test set"
+    try:
+        plot_answers(frame, labels, len(plan.label_map), out.with_name(f"{out.stem}_answers.png"),
+                     f"{out.name}: {gap_text}")  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the CSV is written and validated already
+        log.warning("%s: answers figure not written (%s)", out, e)
 
 
 def submission_target(cfg: EnsembleConfig) -> Path:
