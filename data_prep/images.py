@@ -76,11 +76,12 @@ def resize_image(img: Image.Image, size: int, mode: str = "square") -> Image.Ima
 
 
 def draft_open(src: str, size: int) -> Image.Image:
-    """Open as RGB; a JPEG is decoded at the smallest DCT scale whose sides stay >= ``size``."""
+    """Open as RGB; a JPEG is decoded at the smallest DCT scale whose sides stay >= ``size``. The
+    bomb limit applies to what is decoded: a large real photo (8000x8000) is read at 1/8 scale."""
     with Image.open(src) as im:
-        check_pixels(im, src)
         if im.format == "JPEG":
             im.draft("RGB", (size, size))
+        check_pixels(im, src)  # after draft: im.size is the size that will be decoded
         return to_rgb(im)  # loads; EXIF orientation, CMYK/grey -> RGB
 
 

@@ -29,10 +29,12 @@ from data_prep.sources import SourceTable
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-# Decompression-bomb limit: a file claiming more pixels than this is refused before decoding
-# (GLD photos are far smaller). PIL's own check raises only at twice its limit and warns below.
+# Decompression-bomb limit on the pixels actually DECODED: a file that would decode to more is
+# refused before decoding. A JPEG is decoded at 1/2..1/8 scale (draft mode, data_prep.images.
+# draft_open), so a real 8000x8000 or 12000x9000 competition photo decodes far below it; PIL's own
+# header check (it raises at twice Image.MAX_IMAGE_PIXELS) stops absurd headers: 960 MP.
 MAX_PIXELS = 60_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = 8 * MAX_PIXELS
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we raise ourselves, see check_pixels
 
 SKIP_COLUMNS = ["id", "src", "reason"]

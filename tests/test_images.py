@@ -93,10 +93,21 @@ def test_palette_with_transparency(tmp_path):
 
 
 def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
-    src = _jpeg(tmp_path / "bomb.jpg", 300, 300)
+    src = tmp_path / "bomb.png"  # a PNG decodes at full size: its pixels count
+    Image.new("RGB", (300, 300), (9, 9, 9)).save(src)
     monkeypatch.setattr(readers, "MAX_PIXELS", 50_000)
-    done, failed = build_cache([("b", src)], tmp_path / "out", lambda s: draft_open(s, 32), 32, progress=False)
+    done, failed = build_cache([("b", str(src))], tmp_path / "out", lambda s: draft_open(s, 32), 32, progress=False)
     assert failed == {"b": "decompression_bomb"} and not done
+
+
+def test_a_large_real_jpeg_is_decoded_at_draft_scale_not_refused(tmp_path, monkeypatch):
+    """An 8000x8000 competition photo (64 MP, over the 60 MP limit) must be predicted: the limit
+    counts the pixels decoded, and a JPEG is decoded at 1/8 scale. Scaled down here: 2400x2400
+    (5.8 MP) against a 1 MP limit, cached at 64 px from a 300x300 draft decode."""
+    src = _jpeg(tmp_path / "big.jpg", 2400, 2400)
+    monkeypatch.setattr(readers, "MAX_PIXELS", 1_000_000)
+    done, failed = build_cache([("big", src)], tmp_path / "out", lambda s: draft_open(s, 64), 64, progress=False)
+    assert not failed and "big" in done
 
 
 def test_bad_files_are_listed_not_raised(tmp_path):
