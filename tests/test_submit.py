@@ -168,3 +168,20 @@ def test_geometric_and_fitted_weights_reach_the_submission(tmp_path):
     assert list(geo["landmarks"].iloc[[0, 1, 4, 5]].str.split().str[0]) == ["56789", "56789", "1234", "77"]
     conf = np.array([float(c.split()[1]) for c in geo["landmarks"] if c])
     assert np.isfinite(conf).all() and conf.min() >= 0 and conf.max() <= 1
+
+
+def test_a_bundle_workspace_says_which_settings_it_cannot_run(tmp_path):
+    """A workspace of predict bundle=... has competition predictions only: knn, the penalty,
+    landmark-ness or fitted weights are named in one line with what to do, not a hint to run make
+    embed / make prep there (which a Kaggle kernel cannot)."""
+    import json
+
+    from common.errors import ConfigError
+
+    root = _comp(tmp_path, models=("m1",), folds=(0,))
+    report = root / "data" / "ds" / schema.PREP_REPORT
+    report.write_text(json.dumps({**json.loads(report.read_text()), "workspace": True}))
+    assert len(_read(run_submit(config(root))["submission"])) == 6  # the plain ensemble still submits
+    for over in ({"knn": True}, {"penalty": "tune"}, {"landmarkness": "0.3"}, {"method": "weighted", "fit_weights": True}):
+        with pytest.raises(ConfigError, match="is a bundle workspace .* cannot run here; run submit with them where"):
+            run_submit(config(root, **over))

@@ -118,6 +118,23 @@ def _variants(threshold, penalty) -> dict[str, tuple]:
     return out
 
 
+def _check_workspace(cfg: EnsembleConfig, data_dir: Path) -> None:
+    """A bundle workspace (``predict bundle=... test_root=...``) holds competition predictions only:
+    say precisely which settings need what it lacks, instead of a hint that cannot be followed."""
+    if not schema.prep_fingerprint(data_dir, "workspace"):
+        return
+    wanted = {"knn=true": cfg.knn, "fit_weights=true": cfg.fit_weights, f"penalty={cfg.penalty}": cfg.penalty_setting,
+              f"landmarkness={cfg.landmarkness}": landmark_setting(cfg) is not None,
+              "threshold=tune": cfg.threshold_setting == "tune"}  # fmt: skip
+    asked = [k for k, on in wanted.items() if on]
+    if asked:
+        raise ConfigError(
+            f"ensemble: {data_dir} is a bundle workspace (competition predictions only: no OOF rows, non-landmark "
+            f"pool or train gallery), so {', '.join(asked)} cannot run here; run submit with them where you "
+            "trained, and from the bundle submit the plain ensemble (weights=... as that run's <name>.json lists)"
+        )
+
+
 def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
     """Find the runs, check them, resolve the weights and tune the post-processing.
 
@@ -128,6 +145,7 @@ def make_plan(cfg: EnsembleConfig, need_oof: bool = True) -> Plan:
     if twice:  # a model counted twice would get two weights under one name
         raise ConfigError(f"ensemble: model(s) {', '.join(twice)} listed twice in 'models' ({','.join(cfg.models)})")
     data_dir = cfg.data_dir
+    _check_workspace(cfg, data_dir)
     label_map = schema.read_label_map(data_dir)
     checker = Checker(data_dir, label_map)
     found = scan(cfg.runs_root, cfg.experiment, cfg.models or None)
