@@ -185,7 +185,9 @@ def knn_run(info: RunInfo, cfg: PredictConfig, data_dir: Path, num_classes: int)
     # a fold's gallery is its training rows: its held-out rows (the OOF queries) are left out
     held_out = set(oof["ids"]) if info.fold >= 0 else set()
     in_gallery = ~np.isin(g_ids, list(held_out))
-    gallery = np.asarray(g_emb[in_gallery], dtype=np.float32)
+    # the whole memory map when no row is held out (the holdout recipe), else the fold's training
+    # rows, in the stored float16 (knn converts chunk by chunk): 1.58M x 512 is 1.6 GB, not 3.2
+    gallery = g_emb if in_gallery.all() else np.asarray(g_emb[in_gallery])
     g_labels = train.loc[g_ids[in_gallery], "label"].to_numpy()
     setting = KnnSetting(cfg.knn_k, cfg.knn_power, cfg.knn_alpha, cfg.knn_beta)
     queries: dict[str, tuple[dict, tuple]] = {}  # manifest -> (plain predictions, (knn scores, top-1 sims))
