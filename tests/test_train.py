@@ -170,7 +170,7 @@ def test_eta_prices_each_model_at_its_own_rate(monkeypatch):
 
     p.line(R("fast"), 1)
     line = p.line(R("fast"), 2)
-    assert "ETA 0:00:02 " in line  # 2 slow epochs priced at the only rate known (1 s) ...
-    assert line.endswith("(2/4 epochs; not timed yet, priced at the mean speed so far: slow)")  # ... and said so
+    # the slow model's speed is not known yet: no price from the fast one's (it would say 2 s for 20 s)
+    assert "ETA unknown: 0:00:00 for what is timed, then slow (not timed yet) (2/4 epochs)" in line
     line = p.line(R("slow"), 1)
     assert "ETA 0:00:10 " in line and line.endswith("(3/4 epochs)")  # its own rate: one epoch of 10 s left

@@ -45,13 +45,13 @@ class Progress:
         self.last = now
         self._take(run.model_name, 1)
         rates = {m: sum(v) / len(v) for m, v in self.seconds.items()}
-        mean = sum(rates.values()) / len(rates)
-        eta = sum(n * rates.get(m, mean) for m, n in self.left.items())
         untimed = [m for m, n in self.left.items() if n and m and m not in rates]
-        return (
-            f"elapsed {_hms(now - self.start)}, ETA {_hms(eta)} for the whole run ({self.done}/{self.total} epochs"
-            + (f"; not timed yet, priced at the mean speed so far: {', '.join(untimed)})" if untimed else ")")
-        )
+        timed = sum(n * rates[m] for m, n in self.left.items() if m in rates)
+        epochs = f"({self.done}/{self.total} epochs)"
+        if untimed:  # another model's speed says nothing of these (a ResNet is not a LeNet): no guess
+            return (f"elapsed {_hms(now - self.start)}, ETA unknown: {_hms(timed)} for what is timed, then "
+                    f"{', '.join(untimed)} (not timed yet) {epochs}")  # fmt: skip
+        return f"elapsed {_hms(now - self.start)}, ETA {_hms(timed)} for the whole run {epochs}"
 
 
 def _hms(seconds: float) -> str:
