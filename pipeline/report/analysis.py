@@ -130,15 +130,13 @@ def per_class_table(probs: np.ndarray, labels: np.ndarray, label_map: pd.DataFra
 
 
 def confusion_classes(true: np.ndarray, pred: np.ndarray, num_classes: int, limit: int = MAX_CONFUSION) -> np.ndarray:
-    """The classes a confusion figure shows: all of them up to ``limit``, else the ``limit``
-    classes with the most errors (as true or as predicted class), ties by size; label order."""
-    if num_classes <= limit:
-        return np.arange(num_classes)
+    """The classes a confusion figure shows, most errors first (as true or as predicted class;
+    ties by size, then label): all of them up to ``limit``, else the ``limit`` most confused."""
     wrong = true != pred
     errors = np.bincount(true[wrong], minlength=num_classes) + np.bincount(pred[wrong], minlength=num_classes)
     size = np.bincount(true, minlength=num_classes)
     order = np.lexsort((np.arange(num_classes), -size, -errors))
-    return np.sort(order[:limit])
+    return order[:limit]
 
 
 def write_run_analysis(

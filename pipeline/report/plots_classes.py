@@ -99,15 +99,13 @@ def _class_legend(ax, overall: float, macro: float) -> None:
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted); counts written
     in the cells when there are few classes. ``cm`` is already cut to the classes to show."""
-    from matplotlib.colors import PowerNorm
-
     k = len(names)
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
     side = min(max(4.6, 0.15 * k + 2.8), 9.5)
     fig = new_figure(side + 1.0, side)
     ax = fig.subplots()
-    im = ax.imshow(frac, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fs = 8 if k <= 20 else 6 if k <= 35 else 5
     labels = [short(s, 16) for s in names]
     ax.set_xticks(range(k), labels, rotation=90, fontsize=fs)
