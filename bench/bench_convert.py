@@ -26,15 +26,14 @@ import collections
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import psutil  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+from peak_rss import PeakRSS  # noqa: E402  (bench/ is on sys.path when a bench script runs)
 from PIL import Image  # noqa: E402
 from timm.data import ImageNetInfo, create_transform, resolve_data_config  # noqa: E402
 
@@ -42,30 +41,6 @@ from common.errors import PipelineError  # noqa: E402
 from pipeline.models.convert import FAMILIES, convert_weights, package_weights  # noqa: E402
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paris6k_sample"
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms in a thread."""
-
-    def __enter__(self) -> PeakRSS:
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self.base = self.peak = self.proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def added_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def load_photos(per_class: int) -> list[tuple[str, Image.Image]]:

@@ -26,15 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import torch  # noqa: E402
+from peak_rss import PeakRSS  # noqa: E402  (bench/ is on sys.path when a bench script runs)
 
 from pipeline.infer.retrieval import knn  # noqa: E402
 
@@ -50,30 +49,6 @@ def unit_rows(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:
         block = rng.standard_normal((min(chunk, n - i), dim), dtype=np.float32)
         out[i : i + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms in a thread."""
-
-    def __enter__(self) -> PeakRSS:
-        self.proc, self.base, self.peak, self._stop = psutil.Process(), 0, 0, threading.Event()
-        self.base = self.peak = self.proc.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    @property
-    def added_mb(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def matmul_rate(dtype: str, dim: int, rows: int = 2048, cols: int = 32768, repeat: int = 3) -> float:
