@@ -1,4 +1,5 @@
-"""The layer rule of ../shared/ARCHITECTURE.md (as docs/architecture.md maps it), checked on the import graph of the project.
+"""The layer rule of ../shared/ARCHITECTURE.md (as docs/architecture.md maps it), checked on the
+import graph of the project.
 
 Every module of ``common``, ``data_prep`` and ``pipeline`` is parsed (not imported); an import
 under ``if TYPE_CHECKING:`` is a type-only import and does not count, an import inside a

@@ -95,7 +95,8 @@ def test_bundle_contents(exported, tiny_data):
             assert any("reparam_conv" in k for k in keys) and not any("small_conv" in k for k in keys)
     (wheel,) = (b / "wheels").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert {"pipeline/infer/predict.py", "pipeline/__main__.py", "data_prep/images.py", "common/schema.py"} <= set(names)
+    want = {"pipeline/infer/predict.py", "pipeline/__main__.py", "data_prep/images.py", "common/schema.py"}
+    assert want <= set(names)
     readme = (b / "README.md").read_text()
     assert "pip install --no-index --no-deps /kaggle/input/" in readme and "torch 2." in readme
     assert "test_root=/kaggle/input/landmark-recognition-2021" in readme and "python -m pipeline submit" in readme

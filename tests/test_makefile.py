@@ -85,7 +85,8 @@ def test_all_ends_with_the_submission_step_not_the_internal_csv():
     assert "make predict submit" in last and "submissions/default.csv" in last, last
     assert "internal" not in last
     last = make("-n", "all", "DATASET=paris6k", "RECIPE=kaggle").stdout.strip().splitlines()[-1]
-    assert "make predict submit DATASET=paris6k RECIPE=kaggle" in last and "submissions/paris6k_kaggle.csv" in last, last
+    assert "make predict submit DATASET=paris6k RECIPE=kaggle" in last, last
+    assert "submissions/paris6k_kaggle.csv" in last, last
     last = make("-n", "all", "NAME=mine").stdout.strip().splitlines()[-1]
     assert "NAME=mine" in last and "submissions/mine.csv" in last, last
     # the name as the submit stage resolves it ({experiment}, submissions_dir), with the ARGS to repeat

@@ -357,7 +357,8 @@ def test_pred_topk_writes_top_k_files_that_score_like_the_dense_ones(tiny_data, 
     from pipeline.metrics import score_all
     from pipeline.scores import TopK
 
-    (dense,) = run_predict(predict_config(tiny_data, runs["root"], folds=[0], manifests=["test"], probs_dtype="float32"))
+    cfg = predict_config(tiny_data, runs["root"], folds=[0], manifests=["test"], probs_dtype="float32")
+    (dense,) = run_predict(cfg)
     d = load_predictions(dense)
     (sparse,) = run_predict(
         predict_config(tiny_data, runs["root"], folds=[0], manifests=["test"], probs_dtype="float32", pred_topk=3)
