@@ -182,7 +182,7 @@ def test_a_bundle_workspace_says_which_settings_it_cannot_run(tmp_path):
     report = root / "data" / "ds" / schema.PREP_REPORT
     report.write_text(json.dumps({**json.loads(report.read_text()), "workspace": True}))
     assert len(_read(run_submit(config(root))["submission"])) == 6  # the plain ensemble still submits
-    settings = ({"knn": True}, {"penalty": "tune"}, {"landmarkness": "0.3"}, {"method": "weighted", "fit_weights": True})
+    settings = ({"knn": True}, {"penalty": "tune"}, {"landmarkness": "0.3"}, {"method": "weighted", "fit_weights": 1})
     for over in settings:
         with pytest.raises(ConfigError, match="is a bundle workspace .* cannot run here; run submit with them where"):
             run_submit(config(root, **over))
