@@ -235,8 +235,10 @@ def test_stages_and_frozen_warmup_resume_exactly_between_stages(tiny_data, tmp_p
     assert list(hist["stage"]) == [1, 2, 2] and list(hist["img_size"]) == [32, 36, 36]
 
 
-def test_kill_9_between_stages_resumes_into_the_next_stage(tiny_data, tmp_path):
-    """A real ``kill -9`` of the training process as soon as stage 1's last.pt is on disk."""
+def test_kill_9_between_stages_resumes_into_the_next_stage(tiny_data, tmp_path, one_thread):
+    """A real ``kill -9`` of the training process as soon as stage 1's last.pt is on disk. One torch
+    thread here as in the killed process (OMP_NUM_THREADS=1): bit-equal weights need equal
+    reduction orders."""
     cfg = _transfer_cfg(tiny_data, tmp_path / "k", epochs=3, stage_epochs=[2], limit_train_batches=6)
     args = [f"{k}={v}" for k, v in {
         "dataset": "tiny", "data_root": cfg.data_root, "folds_dir": cfg.folds_dir, "runs_root": cfg.runs_root,

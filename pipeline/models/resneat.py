@@ -112,6 +112,11 @@ def _blocks(batch: int, n_rows: int, row_elems: int, unit: int = 1) -> list[tupl
     return [(slice(b, b + 1), slice(r, r + rows)) for b in range(batch) for r in range(0, n_rows, rows)]
 
 
+# the autocast whose state the fused Functions carry into their backward: the GPU's where there is
+# one (a model trained there), else the CPU's (bf16 autocast on CPUs with native bf16)
+_AMP_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 class _DirectAttention(torch.autograd.Function):
     """``softmax(q k^T) v`` with ``q, k: (B, ch, s)``, ``v: (B, ch, 1)``, block by block of rows.
 
@@ -122,7 +127,7 @@ class _DirectAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
+    @torch.amp.custom_fwd(device_type=_AMP_DEVICE)
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kt = k.transpose(1, 2)
         blocks = _blocks(q.shape[0], q.shape[1], k.shape[1])
@@ -132,7 +137,7 @@ class _DirectAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
+    @torch.amp.custom_bwd(device_type=_AMP_DEVICE)
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q, k, v, out = ctx.saved_tensors
         grad = grad.to(out.dtype)
@@ -157,7 +162,7 @@ class _GramAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
+    @torch.amp.custom_fwd(device_type=_AMP_DEVICE)
     def forward(ctx, wq: torch.Tensor, n: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         batch, g, _, ch = n.shape
         og = wq.shape[1]
@@ -168,7 +173,7 @@ class _GramAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
+    @torch.amp.custom_bwd(device_type=_AMP_DEVICE)
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         wq, n, v, out = ctx.saved_tensors
         grad = grad.to(out.dtype)
@@ -198,13 +203,13 @@ class _Gram(torch.autograd.Function):
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cpu")
+    @torch.amp.custom_fwd(device_type=_AMP_DEVICE)
     def forward(ctx, xf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(xf)
         return torch.bmm(xf, xf.transpose(1, 2)), xf.mean(dim=-1)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cpu")
+    @torch.amp.custom_bwd(device_type=_AMP_DEVICE)
     def backward(ctx, grad: torch.Tensor, grad_mean: torch.Tensor) -> torch.Tensor:
         (xf,) = ctx.saved_tensors
         sym = (grad + grad.transpose(1, 2)).to(xf.dtype)
