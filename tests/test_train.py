@@ -15,6 +15,19 @@ from pipeline.runtime import resolve_mixed_precision
 from pipeline.train.stage import fit, run_train
 
 
+def assert_same_runs(a, b) -> pd.DataFrame:
+    """Two run folders trained alike: equal metrics (timings aside) and bit-equal last weights;
+    returns the metrics."""
+    timing = ["seconds", "seconds_outside"]
+    ha = pd.read_csv(a / schema.RUN_METRICS).drop(columns=timing)
+    hb = pd.read_csv(b / schema.RUN_METRICS).drop(columns=timing)
+    pd.testing.assert_frame_equal(ha, hb)
+    wa = torch.load(a / schema.RUN_LAST, weights_only=False)["model"]
+    wb = torch.load(b / schema.RUN_LAST, weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    return ha
+
+
 def tiny_train_config(tiny_data, runs_root, **over) -> TrainConfig:
     base = dict(
         dataset="tiny",
@@ -107,14 +120,7 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     out_b = schema.run_dir(tmp_path / "b", "t", "simple_cnn", 1)
     (out_b / schema.RUN_DONE).unlink()  # as if killed after epoch 1
     fit(dataclasses.replace(part, epochs=2), "simple_cnn", 1)
-    out_a = schema.run_dir(tmp_path / "a", "t", "simple_cnn", 1)
-    timing = ["seconds", "seconds_outside"]
-    ha = pd.read_csv(out_a / schema.RUN_METRICS).drop(columns=timing)
-    hb = pd.read_csv(out_b / schema.RUN_METRICS).drop(columns=timing)
-    pd.testing.assert_frame_equal(ha, hb)
-    wa = torch.load(out_a / schema.RUN_LAST, weights_only=False)["model"]
-    wb = torch.load(out_b / schema.RUN_LAST, weights_only=False)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert_same_runs(schema.run_dir(tmp_path / "a", "t", "simple_cnn", 1), out_b)
 
 
 def test_changed_recipe_is_refused_and_more_epochs_continue(tiny_data, tmp_path):

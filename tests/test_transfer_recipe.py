@@ -28,7 +28,7 @@ from pipeline.optim.schedule import build_schedule
 from pipeline.runs.model import build_model
 from pipeline.train.build import stage_at
 from pipeline.train.stage import fit
-from tests.test_train import tiny_train_config
+from tests.test_train import assert_same_runs, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 NET = "timm:efficientnet_lite0"
@@ -212,17 +212,6 @@ def _transfer_cfg(tiny_data, root, **over) -> TrainConfig:
     return tiny_train_config(tiny_data, root, models=[NET], **{**base, **stages, **over})
 
 
-def _same_runs(a: Path, b: Path) -> pd.DataFrame:
-    timing = ["seconds", "seconds_outside"]
-    ha = pd.read_csv(a / schema.RUN_METRICS).drop(columns=timing)
-    hb = pd.read_csv(b / schema.RUN_METRICS).drop(columns=timing)
-    pd.testing.assert_frame_equal(ha, hb)
-    wa = torch.load(a / schema.RUN_LAST, weights_only=False)["model"]
-    wb = torch.load(b / schema.RUN_LAST, weights_only=False)["model"]
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    return ha
-
-
 def test_stages_and_frozen_warmup_resume_exactly_between_stages(tiny_data, tmp_path, one_thread):
     full = _transfer_cfg(tiny_data, tmp_path / "a", epochs=3)
     fit(full, NET, 0)
@@ -231,7 +220,7 @@ def test_stages_and_frozen_warmup_resume_exactly_between_stages(tiny_data, tmp_p
     out_b = schema.run_dir(tmp_path / "b", "t", NET, 0)
     (out_b / schema.RUN_DONE).unlink()  # as if killed between the stages
     fit(dataclasses.replace(part, epochs=3), NET, 0)
-    hist = _same_runs(schema.run_dir(tmp_path / "a", "t", NET, 0), out_b)
+    hist = assert_same_runs(schema.run_dir(tmp_path / "a", "t", NET, 0), out_b)
     assert list(hist["stage"]) == [1, 2, 2] and list(hist["img_size"]) == [32, 36, 36]
 
 
@@ -262,7 +251,7 @@ def test_kill_9_between_stages_resumes_into_the_next_stage(tiny_data, tmp_path, 
     assert epoch_at_kill in (2, 3)  # killed after stage 1 (2 epochs), before the run finished
     fit(cfg, NET, 0)  # resume in-process
     fit(dataclasses.replace(cfg, runs_root=str(tmp_path / "u")), NET, 0)  # uninterrupted
-    hist = _same_runs(schema.run_dir(tmp_path / "u", "t", NET, 0), out)
+    hist = assert_same_runs(schema.run_dir(tmp_path / "u", "t", NET, 0), out)
     assert list(hist["img_size"]) == [32, 32, 36]
 
 

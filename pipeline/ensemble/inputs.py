@@ -83,6 +83,7 @@ class Checker:
         self.sha = schema.label_map_sha(label_map)
         self.prep_report = Path(data_dir) / schema.PREP_REPORT
         self.data_fp = schema.prep_fingerprint(data_dir)
+        self.test_fp = schema.prep_fingerprint(data_dir, "test_fingerprint")
         self.run_fp: tuple[str, Path] | None = None
         self.form: tuple[int | None, Path] | None = None  # (k of top-k files, None = dense; first file)
         self.rows: dict[str, tuple[np.ndarray, np.ndarray, Path]] = {}
@@ -156,7 +157,7 @@ class Checker:
     def _same_test_set(self, path: Path, meta: dict) -> None:
         """Competition predictions of another test set than the one prepped now are refused (the
         test set has its own identity: replacing it keeps the runs but not their predictions)."""
-        have, now = meta.get("test_fingerprint"), schema.prep_fingerprint(self.prep_report.parent, "test_fingerprint")
+        have, now = meta.get("test_fingerprint"), self.test_fp
         if have and now and have != now:
             raise DataError(
                 f"{path}: predictions of another competition test set ({have}; {self.prep_report} says {now}): "
