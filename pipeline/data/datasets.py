@@ -30,14 +30,16 @@ import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 import yaml
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 from common import schema
 from common.errors import DataError
@@ -94,6 +96,8 @@ def build_train_transform(
     same transforms on a private generator). Pixel-identical to ``v2.RandomCrop(pad_if_needed=True)``
     + ``v2.RandomHorizontalFlip`` for the same torch seed, at a fraction of the per-image cost.
     """
+    from torchvision.transforms import v2  # torchvision (~0.3 s) only on the per-item path
+
     t = [FastRandomCrop(img_size, padding), FastHorizontalFlip(hflip)]
     if color_jitter > 0:
         t.append(FastColorJitter(color_jitter))
@@ -102,6 +106,8 @@ def build_train_transform(
 
 def build_eval_transform(img_size: int) -> v2.Transform:
     """Centre crop of ``img_size`` (zero padding when the cached image is smaller)."""
+    from torchvision.transforms import v2
+
     return v2.CenterCrop(img_size)
 
 
@@ -160,6 +166,8 @@ class ManifestDataset(_SeededItems, Dataset):
         img = self.ram.get(i)
         if img is not None:
             return img
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
         try:
             img = decode_image(read_file(self.paths[i]), mode=ImageReadMode.RGB)
         except RuntimeError as e:

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
-
-if TYPE_CHECKING:
-    pass
-
 
 RRC_RATIO = (3 / 4, 4 / 3)  # torchvision's and albumentations' default aspect-ratio range
 
@@ -166,6 +161,8 @@ class FastRandomResizedCrop(torch.nn.Module):
         self.generator = generator
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import v2  # not at module level: the batched path never needs it
+
         top, left, h, w = rrc_params(img.shape[-2], img.shape[-1], self.scale, self.ratio, self.generator)
         return v2.functional.resized_crop(img, top, left, h, w, [self.size, self.size], antialias=True)
 

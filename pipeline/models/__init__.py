@@ -1,13 +1,12 @@
 """Model zoo: ``create_model(name, num_classes, ...)`` and ``list_models(pattern)``.
 
-Every module in this package registers its builders on import; the loop below imports them
-all, so a new family is one new file (no shared list to edit).
+Every module in this package registers its builders on import, so a new family is one new file
+(plus ``python -m pipeline.models index --write``, which records which module registers which
+name). Families are imported lazily, by name (:mod:`pipeline.models.registry`): building
+``simple_cnn`` imports neither timm nor torchvision.
 """
 
 from __future__ import annotations
-
-import importlib
-import pkgutil
 
 from pipeline.models.factory import check_input_size, create_model, min_input_size, model_info
 from pipeline.models.registry import ModelInfo, list_models, register_model
@@ -21,8 +20,3 @@ __all__ = [
     "model_info",
     "register_model",
 ]
-
-_SKIP = {"registry", "__main__"}
-for _m in pkgutil.iter_modules(__path__):
-    if not _m.name.startswith("_") and _m.name not in _SKIP:
-        importlib.import_module(f"{__name__}.{_m.name}")

