@@ -287,7 +287,9 @@ class AttentionUnit(nn.Module):
             out = _GramAttention.apply(wq.view(g, ch // g, width // g), n, v.to(n.dtype))
         else:
             v = self._value(x.mean(dim=(2, 3)))
-            q = F.conv2d(x, wq, groups=g).flatten(2)
+            # q row-major once (a channels_last conv output is (B, ch, s) transposed): else every
+            # block's bmm, forward, recompute and backward, copied its rows again
+            q = F.conv2d(x, wq, groups=g).flatten(2).contiguous()
             k = self.key(x).flatten(2)
             out = _DirectAttention.apply(q, k, v.to(q.dtype))
         return torch.sigmoid(out).unsqueeze(-1)
@@ -309,7 +311,9 @@ class AttentionUnit(nn.Module):
         return nt.view(b, ch, w).transpose(1, 2).reshape(b, g, wg, ch).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale(x) * self.norm(self.out(x))
+        # the (B, ch, H, W) map first: with the (B, ch, 1, 1) scale as the first operand, the
+        # broadcast multiply and its backward ran 2-5x slower on channels_last maps (CPU, bf16)
+        return self.norm(self.out(x)) * self.scale(x)
 
 
 class ResNeAtBottleneck(nn.Module):
