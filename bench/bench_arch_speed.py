@@ -17,6 +17,12 @@ Both rates are printed: wall-clock img/s, and img/s per CPU-second of this proce
 jobs ran; with one thread the CPU-time rate is the steadier number and the one the ratios use.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_arch_speed.py [--quick] [--rounds 2] [--steps 3]
+
+``--interleave N`` measures the other way, for two or three rows: every model is built once, then
+their training steps alternate (A B A B ..., N timed steps each after the warm-up) in one process,
+and the table gives each model's median CPU seconds per step and the median over the step pairs of
+the per-GMAC ratio to ResNeXt-50 (which must be one of the rows). Drift of the machine (other tenants, the
+allocator's state) then hits both models within seconds of each other instead of a round apart.
 """
 
 from __future__ import annotations
@@ -71,25 +77,67 @@ def _variant(label: str) -> tuple[str, Callable[[], AbstractContextManager]]:
     return label, nullcontext
 
 
+def _trainer(name: str, size: int, batch: int) -> Callable[[], None]:
+    """One training step (forward + backward + Adam, bf16 autocast + channels_last) of a fresh model."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=1000).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def step_rate(label: str, size: int, batch: int, warmup: int, steps: int) -> tuple[float, float]:
     """(wall-clock, CPU-time) images/s of forward + backward + Adam, bf16 autocast + channels_last."""
     name, context = _variant(label)
-    torch.manual_seed(0)
     with context():
-        model = create_model(name, num_classes=1000).to(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4)
-        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 1000, (batch,))
+        step = _trainer(name, size, batch)
         t0 = c0 = 0.0
         for i in range(warmup + steps):
             if i == warmup:
                 t0, c0 = time.perf_counter(), time.process_time()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step()
         return batch * steps / (time.perf_counter() - t0), batch * steps / (time.process_time() - c0)
+
+
+def interleaved(models: list[str], size: int, batch: int, warmup: int, steps: int) -> dict[str, list[float]]:
+    """CPU seconds of each timed step of each model, the models' steps alternating in one process."""
+    if EAGER in models:
+        raise PipelineError("bench_arch_speed: --interleave cannot mix the eager formula with the fused net")
+    trainers = {m: _trainer(_variant(m)[0], size, batch) for m in models}
+    seconds: dict[str, list[float]] = {m: [] for m in models}
+    for i in range(warmup + steps):
+        for m, step in trainers.items():
+            c0 = time.process_time()
+            step()
+            if i >= warmup:
+                seconds[m].append(time.process_time() - c0)
+    return seconds
+
+
+def interleaved_table(seconds: dict[str, list[float]], gmacs: dict[str, float], batch: int) -> str:
+    """Median s/step per model; per-GMAC ratio to ResNeXt-50 from the medians and over step pairs."""
+    if BASELINE not in seconds:
+        raise PipelineError(f"bench_arch_speed: --interleave needs {BASELINE} among --models")
+    base = seconds[BASELINE]
+    lines = ["| model | GMACs | CPU s/step (median) | range | img/s per GMAC | vs ResNeXt-50 (medians) "
+             "| vs ResNeXt-50, median over step pairs (range) |", "|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
+    for m, sec in seconds.items():
+        med = statistics.median(sec)
+        pairs = [(b * gmacs[BASELINE]) / (a * gmacs[m]) for a, b in zip(sec, base)]
+        rel = statistics.median(base) * gmacs[BASELINE] / (med * gmacs[m])
+        lines.append(f"| {m} | {gmacs[m]:.3f} | {med:.3f} | {min(sec):.3f}-{max(sec):.3f} | "
+                     f"{batch / med / gmacs[m]:.3f} | {rel:.3f} | {statistics.median(pairs):.3f} "
+                     f"({min(pairs):.3f}-{max(pairs):.3f}) |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def macs(label: str, size: int) -> int:
@@ -122,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="passes over all models, A B A B (default 2)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated table rows")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 2, 1 step, 1 round, 3 models")
+    ap.add_argument("--interleave", type=int, default=0, metavar="N",
+                    help="N timed steps per model, the models' steps alternating in one process (see above)")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.quick:
@@ -139,6 +189,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rounds} round(s), load {load[0]:.2f}",
             flush=True,
         )
+        if args.interleave > 0:
+            seconds = interleaved(models, args.size, args.batch, args.warmup, args.interleave)
+            print(interleaved_table(seconds, gmacs, args.batch))
+            print(f"# load average (1 min) at the start and the end: {load[0]:.2f}, {os.getloadavg()[0]:.2f}")
+            print("RESULT", json.dumps({"precision": "bf16", "threads": torch.get_num_threads(), "size": args.size,
+                                        "batch": args.batch, "gmacs": gmacs, "cpu_seconds": seconds}))  # fmt: skip
+            return 0
         rates: dict[str, list[tuple[float, float]]] = {m: [] for m in models}
         for _ in range(args.rounds):
             for m in models:
