@@ -20,7 +20,8 @@ jobs ran; with one thread the CPU-time rate is the steadier number and the one t
 
 ``--interleave N`` measures the other way, for two or three rows: every model is built once, then
 their training steps alternate (A B A B ..., N timed steps each after the warm-up) in one process,
-and the table gives each model's median CPU seconds per step and the median over the step pairs of
+and the table gives each model's median seconds per step (CPU time with one thread, wall-clock
+with more) and the median over the step pairs of
 the per-GMAC ratio to ResNeXt-50 (which must be one of the rows). Drift of the machine (other tenants, the
 allocator's state) then hits both models within seconds of each other instead of a round apart.
 """
@@ -108,27 +109,29 @@ def step_rate(label: str, size: int, batch: int, warmup: int, steps: int) -> tup
         return batch * steps / (time.perf_counter() - t0), batch * steps / (time.process_time() - c0)
 
 
-def interleaved(models: list[str], size: int, batch: int, warmup: int, steps: int) -> dict[str, list[float]]:
-    """CPU seconds of each timed step of each model, the models' steps alternating in one process."""
+def interleaved(
+    models: list[str], size: int, batch: int, warmup: int, steps: int, clock: Callable[[], float]
+) -> dict[str, list[float]]:
+    """Seconds (``clock``) of each timed step of each model, the models' steps alternating in one process."""
     if EAGER in models:
         raise PipelineError("bench_arch_speed: --interleave cannot mix the eager formula with the fused net")
     trainers = {m: _trainer(_variant(m)[0], size, batch) for m in models}
     seconds: dict[str, list[float]] = {m: [] for m in models}
     for i in range(warmup + steps):
         for m, step in trainers.items():
-            c0 = time.process_time()
+            c0 = clock()
             step()
             if i >= warmup:
-                seconds[m].append(time.process_time() - c0)
+                seconds[m].append(clock() - c0)
     return seconds
 
 
-def interleaved_table(seconds: dict[str, list[float]], gmacs: dict[str, float], batch: int) -> str:
+def interleaved_table(seconds: dict[str, list[float]], gmacs: dict[str, float], batch: int, unit: str) -> str:
     """Median s/step per model; per-GMAC ratio to ResNeXt-50 from the medians and over step pairs."""
     if BASELINE not in seconds:
         raise PipelineError(f"bench_arch_speed: --interleave needs {BASELINE} among --models")
     base = seconds[BASELINE]
-    lines = ["| model | GMACs | CPU s/step (median) | range | img/s per GMAC | vs ResNeXt-50 (medians) "
+    lines = [f"| model | GMACs | {unit} s/step (median) | range | img/s per GMAC | vs ResNeXt-50 (medians) "
              "| vs ResNeXt-50, median over step pairs (range) |", "|---|---:|---:|---|---:|---:|---|"]  # fmt: skip
     for m, sec in seconds.items():
         med = statistics.median(sec)
@@ -190,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         if args.interleave > 0:
-            seconds = interleaved(models, args.size, args.batch, args.warmup, args.interleave)
-            print(interleaved_table(seconds, gmacs, args.batch))
+            # one thread: CPU time (leaves out waits for a core); more: wall-clock (CPU time sums the threads)
+            one = torch.get_num_threads() == 1
+            clock, unit = (time.process_time, "CPU") if one else (time.perf_counter, "wall")
+            seconds = interleaved(models, args.size, args.batch, args.warmup, args.interleave, clock)
+            print(interleaved_table(seconds, gmacs, args.batch, unit))
             print(f"# load average (1 min) at the start and the end: {load[0]:.2f}, {os.getloadavg()[0]:.2f}")
-            print("RESULT", json.dumps({"precision": "bf16", "threads": torch.get_num_threads(), "size": args.size,
-                                        "batch": args.batch, "gmacs": gmacs, "cpu_seconds": seconds}))  # fmt: skip
+            result = {"precision": "bf16", "threads": torch.get_num_threads(), "size": args.size, "batch": args.batch}
+            print("RESULT", json.dumps({**result, "gmacs": gmacs, f"{unit.lower()}_seconds": seconds}))
             return 0
         rates: dict[str, list[tuple[float, float]]] = {m: [] for m in models}
         for _ in range(args.rounds):
