@@ -90,3 +90,17 @@ def test_an_unknown_name_still_gets_close_matches_from_every_family():
     )
     msg = _fresh(code)["msg"]
     assert "unknown model 'van_b9'" in msg and "van_b0" in msg
+
+
+def test_index_command_reports_a_stale_file_and_write_makes_it_current(tmp_path, monkeypatch, capsys):
+    from pipeline.models import __main__ as cli
+
+    stale = tmp_path / "_index.py"
+    stale.write_text('MODULE_OF: dict[str, str] = {"simple_cnn": "van"}\n')
+    monkeypatch.setattr(cli, "INDEX_FILE", stale)
+    assert cli.main(["index"]) == 1
+    assert "is stale: run python -m pipeline.models index --write" in capsys.readouterr().err
+    assert cli.main(["index", "--write"]) == 0
+    assert '"simple_cnn": "simple_cnn"' in stale.read_text()
+    assert cli.main(["index"]) == 0
+    assert "up to date" in capsys.readouterr().out
