@@ -115,6 +115,31 @@ def test_per_class_figure_has_a_legend_for_its_colours(tmp_path, monkeypatch):
     assert colours == {plots_classes.RED, plots_classes.ORANGE, plots_classes.BLUE}  # 0.2 | 0.55 | 0.7, 0.95
 
 
+def test_per_class_legend_covers_no_bar_label(tmp_path, monkeypatch):
+    """With every class above 0.6 (a good CIFAR run) the worst bars' labels reach the right-hand side,
+    where an in-axes legend used to hide them; the legend must overlap no label, in either layout."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pipeline.report import plots_classes
+
+    figs = []
+    monkeypatch.setattr(plots_classes, "save", lambda fig, path: figs.append(fig) or path)
+    for top1 in (np.linspace(0.75, 0.95, 10), np.linspace(0.75, 1.0, 60)):
+        n = len(top1)
+        t = pd.DataFrame({"display": [f"c{i}" for i in range(n)], "n": 500, "top1": top1, "confused_with": "automobile"})
+        plots_classes.plot_per_class(t, tmp_path / "p.png")
+        fig = figs[-1]
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()  # axis labels take their places when drawn
+        renderer = canvas.get_renderer()
+        bars = fig.axes[-1]
+        legend_box = bars.get_legend().get_window_extent(renderer)
+        labels = [x.get_window_extent(renderer) for x in bars.texts]
+        assert labels and not any(legend_box.overlaps(b) for b in labels)
+        assert legend_box.y0 >= 0 and legend_box.x0 >= 0 and legend_box.x1 <= fig.bbox.x1  # inside the figure
+        assert not legend_box.overlaps(bars.xaxis.label.get_window_extent(renderer))
+
+
 def test_analysis_of_topk_predictions_equals_the_dense_one(tmp_path):
     """At 81k classes the OOF file is top-k: per-class top-1/top-5 and the confusion come from the
     candidates and equal the dense analysis (k >= 5)."""

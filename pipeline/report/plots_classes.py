@@ -14,6 +14,9 @@ from pipeline.report.plots_base import new_figure, save, short
 RED, ORANGE, BLUE = (0.84, 0.24, 0.2), (0.95, 0.6, 0.2), (0.3, 0.6, 0.8)
 
 
+LEGEND_IN = 0.45  # inches of the figure's height kept for the colour legend
+
+
 def plot_per_class(table: pd.DataFrame, path: str | Path, title: str = "", worst: int = 15) -> Path:
     """Per-class top-1 of one run, sorted; the worst classes named with their size and the class
     they are mistaken for. ``table`` is ``per_class.csv`` (``display, n, top1, confused_with``)."""
@@ -22,19 +25,19 @@ def plot_per_class(table: pd.DataFrame, path: str | Path, title: str = "", worst
     macro = float(t["top1"].mean()) if len(t) else float("nan")
     n = len(t)
     if n <= 30:
-        fig = new_figure(7.0, max(0.26 * n + 1.5, 2.8))  # room for the legend of a few classes
+        fig = new_figure(7.0, max(0.26 * n + 1.5, 2.8) + LEGEND_IN)
         ax = fig.subplots()
         _class_bars(ax, t, overall, macro)
         ax.set_title(f"{n} classes, worst first (→ most frequent wrong class)", fontsize=9)
     else:
-        fig = new_figure(11.0, 0.26 * worst + 1.6)
+        fig = new_figure(11.0, 0.26 * worst + 1.6 + LEGEND_IN)
         ax_d, ax_w = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.25]})
         _class_curve(ax_d, t, overall, macro)
         _class_bars(ax_w, t.head(worst), overall, macro)
         ax_w.set_title(f"the {min(worst, n)} worst classes (→ most frequent wrong class)", fontsize=9)
     head = f"per-class top-1: overall {overall:.3f} (dashed), mean over classes {macro:.3f} (dotted)"
     fig.suptitle(f"{title}\n{head}" if title else head, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, LEGEND_IN / fig.get_figheight(), 1, 1))  # the legend's strip at the bottom
     return save(fig, path)
 
 
@@ -81,8 +84,8 @@ def _class_bars(ax, rows: pd.DataFrame, overall: float, macro: float) -> None:
 
 
 def _class_legend(ax, overall: float, macro: float) -> None:
-    """What the bar colours and the two lines mean, top right where the worst (shortest) bars
-    leave room."""
+    """What the bar colours and the two lines mean, in a strip below the plots: inside the axes it
+    covered the labels of the worst bars whenever those reach past ~0.6."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -93,7 +96,9 @@ def _class_legend(ax, overall: float, macro: float) -> None:
         Line2D([], [], color="0.2", ls="--", lw=1, label="overall top-1"),
         Line2D([], [], color="0.2", ls=":", lw=1, label=f"mean per class ({macro:.3f})"),
     ]
-    ax.legend(handles=handles, loc="upper right", fontsize=7, framealpha=0.9)
+    legend = ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.01), ncols=3, fontsize=7,
+                       frameon=False, bbox_transform=ax.figure.transFigure)  # fmt: skip
+    legend.set_in_layout(False)  # placed in the strip tight_layout leaves free
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], path: str | Path, title: str = "") -> Path:
