@@ -126,7 +126,8 @@ def test_per_class_legend_covers_no_bar_label(tmp_path, monkeypatch):
     monkeypatch.setattr(plots_classes, "save", lambda fig, path: figs.append(fig) or path)
     for top1 in (np.linspace(0.75, 0.95, 10), np.linspace(0.75, 1.0, 60)):
         n = len(top1)
-        t = pd.DataFrame({"display": [f"c{i}" for i in range(n)], "n": 500, "top1": top1, "confused_with": "automobile"})
+        names = [f"c{i}" for i in range(n)]
+        t = pd.DataFrame({"display": names, "n": 500, "top1": top1, "confused_with": "automobile"})
         plots_classes.plot_per_class(t, tmp_path / "p.png")
         fig = figs[-1]
         canvas = FigureCanvasAgg(fig)
